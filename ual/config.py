@@ -1,0 +1,126 @@
+"""UALConfig: TRL's SFTConfig plus the per-sample smoothing settings."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from trl import SFTConfig
+
+from .loss import CONVENTIONS
+from .mapping import STRATEGIES
+
+SMOOTHING_FIELDS = (
+    "smoothing_strategy",
+    "smoothing_mean",
+    "smoothing_min",
+    "smoothing_max",
+    "uncertainty_range",
+    "smoothing_convention",
+    "uncertainty_column",
+    "smoothing_column",
+    "missing_uncertainty",
+)
+
+
+@dataclass
+class UALConfig(SFTConfig):
+    r"""
+    Configuration for [`UALTrainer`]: every field of [`~trl.SFTConfig`] plus the smoothing settings.
+
+    Each sample's uncertainty (a column of the training set, the paper's 0-99 judge score) is mapped to a
+    label-smoothing value eps once over the whole training set; each trained token of that sample is then fitted
+    with (1 - eps) * NLL + eps * (cross-entropy against the uniform part).
+    """
+
+    smoothing_strategy: str = field(
+        default="uncertainty",
+        metadata={
+            "help": "How per-sample smoothing is derived. 'uncertainty': eps proportional to the score, mean "
+            "`smoothing_mean`, clipped at `smoothing_max` (the paper's). 'linear': `uncertainty_range` mapped onto "
+            "[`smoothing_min`, `smoothing_max`]. 'constant': eps = `smoothing_mean` for every sample (label "
+            "smoothing baseline). 'none': eps = 0 (plain SFT). 'explicit': eps read from `smoothing_column`.",
+            "choices": list(STRATEGIES),
+        },
+    )
+    smoothing_mean: float = field(
+        default=0.1,
+        metadata={"help": "Target mean eps over the training set ('uncertainty'), or the eps of 'constant'."},
+    )
+    smoothing_min: float = field(default=0.0, metadata={"help": "Lowest eps of the 'linear' strategy."})
+    smoothing_max: float = field(
+        default=0.99, metadata={"help": "Highest eps: the clip of 'uncertainty', the top of 'linear'."}
+    )
+    uncertainty_range: list[float] = field(
+        default_factory=lambda: [0.0, 99.0],
+        metadata={
+            "help": "Declared [low, high] range of the uncertainty scores (the paper's rubric is 0-99). A score "
+            "outside it is an error; 'linear' maps this range onto [smoothing_min, smoothing_max].",
+            "nargs": 2,
+        },
+    )
+    smoothing_convention: str = field(
+        default="paper",
+        metadata={
+            "help": "Soft-target convention. 'paper': 1-eps on the gold token, eps/(V-1) on every other token (the "
+            "UAL authors'). 'uniform': eps/V on every token plus 1-eps on the gold one (PyTorch's `label_smoothing`).",
+            "choices": list(CONVENTIONS),
+        },
+    )
+    uncertainty_column: str = field(
+        default="uncertainty", metadata={"help": "Dataset column holding each sample's uncertainty score."}
+    )
+    smoothing_column: str = field(
+        default="smoothing", metadata={"help": "Dataset column holding each sample's eps for strategy 'explicit'."}
+    )
+    missing_uncertainty: str = field(
+        default="error",
+        metadata={
+            "help": "What a sample without a score gets: 'error' (stop and name the row) or a number used as its "
+            "score, e.g. '50'."
+        },
+    )
+    loss_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens per chunk of the smoothed loss head. None: about 2**25 logits per chunk "
+            "(128 MiB of float32 whatever the vocabulary)."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.smoothing_strategy not in STRATEGIES:
+            raise ValueError(
+                f"smoothing_strategy: unknown value {self.smoothing_strategy!r}; choose one of {', '.join(STRATEGIES)}"
+            )
+        if self.smoothing_convention not in CONVENTIONS:
+            raise ValueError(
+                f"smoothing_convention: unknown value {self.smoothing_convention!r}; choose one of "
+                f"{', '.join(CONVENTIONS)}"
+            )
+        if len(self.uncertainty_range) != 2 or not self.uncertainty_range[0] < self.uncertainty_range[1]:
+            raise ValueError(f"uncertainty_range must be [low, high] with low < high, got {self.uncertainty_range}")
+        self.uncertainty_range = [float(x) for x in self.uncertainty_range]
+        self.missing_uncertainty = str(self.missing_uncertainty)
+        if self.missing_uncertainty != "error":
+            try:
+                fill = float(self.missing_uncertainty)
+            except ValueError:
+                raise ValueError(
+                    f"missing_uncertainty must be 'error' or a number, got {self.missing_uncertainty!r}"
+                ) from None
+            low, high = self.uncertainty_range
+            if not (math.isfinite(fill) and low <= fill <= high):
+                raise ValueError(f"missing_uncertainty {fill} lies outside uncertainty_range {self.uncertainty_range}")
+        if self.loss_chunk_size is not None and self.loss_chunk_size < 1:
+            raise ValueError(f"loss_chunk_size must be a positive number of tokens, got {self.loss_chunk_size}")
+
+    @property
+    def missing_fill(self) -> float | None:
+        """The score given to a sample without one, or None when a missing score is an error."""
+        return None if self.missing_uncertainty == "error" else float(self.missing_uncertainty)
+
+    def smoothing_settings(self) -> dict:
+        """The smoothing fields, as saved next to the model."""
+        return {name: getattr(self, name) for name in SMOOTHING_FIELDS}

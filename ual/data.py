@@ -1,0 +1,263 @@
+"""Training data: load a mixture, check its scores, attach eps per sample, then per token.
+
+Checks run on the raw rows, before any model is loaded, and name the file, row and column of the first
+bad value. Tokenization itself is TRL's (see ``UALTrainer._prepare_dataset``): this module only adds
+the smoothing columns around it and packs them along with ``input_ids`` and ``labels``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+from datasets import Dataset, concatenate_datasets, load_dataset
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+from trl.trainer.utils import pad
+
+from .formats import FORMATS, convert, output_columns, resolve_format
+from .mapping import SmoothingMap, fit_smoothing, summarize
+
+SAMPLE_SMOOTHING = "ual_smoothing"  # per-sample eps, carried through TRL's tokenization
+TOKEN_SMOOTHING = "smoothing"  # per-token eps, aligned with input_ids; the collated batch key
+SOURCE = "source"  # which mixture entry a row came from, for per-dataset statistics
+_LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass
+class UALDatasetConfig:
+    """One entry of ``datasets:`` in a recipe (the arguments of ``datasets.load_dataset`` plus a format)."""
+
+    path: str = field(metadata={"help": "Local file (.jsonl/.json/.parquet/.csv), local folder, or hub dataset id."})
+    format: str = field(default="auto", metadata={"help": f"Row shape: one of {', '.join(FORMATS)}."})
+    name: str | None = field(default=None, metadata={"help": "Dataset configuration name (hub datasets)."})
+    data_dir: str | None = field(default=None, metadata={"help": "`data_dir` of `datasets.load_dataset`."})
+    data_files: str | list[str] | None = field(default=None, metadata={"help": "`data_files` of `load_dataset`."})
+    split: str = field(default="train", metadata={"help": "Split to load."})
+    fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "Share of this dataset in the mixture (TRL's semantics: normalised over the mixture, the first "
+            "round(share * N) rows kept, N the largest size that oversamples none). Set on all entries or none."
+        },
+    )
+    source: str | None = field(default=None, metadata={"help": "Name in logs and statistics (default: path)."})
+
+
+@dataclass
+class UALMixtureConfig:
+    """The ``datasets:`` list of a recipe."""
+
+    datasets: list[UALDatasetConfig] = field(
+        default_factory=list, metadata={"help": "Datasets to mix (see UALDatasetConfig for the keys of each)."}
+    )
+
+    def __post_init__(self):
+        known = {f.name for f in fields(UALDatasetConfig)}
+        for i, entry in enumerate(self.datasets):
+            if isinstance(entry, dict):
+                unknown = sorted(set(entry) - known)
+                if unknown:
+                    raise ValueError(f"datasets[{i}]: unknown key(s) {unknown}; known keys are {sorted(known)}")
+                if "path" not in entry:
+                    raise ValueError(f"datasets[{i}]: the key 'path' is required")
+                self.datasets[i] = UALDatasetConfig(**entry)
+
+
+def _load_one(entry: UALDatasetConfig, where: str) -> Dataset:
+    path = os.path.expanduser(entry.path)
+    if os.path.isfile(path):
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in _LOCAL_BUILDERS:
+            raise ValueError(f"{where}: cannot read {path!r}: use one of {', '.join(_LOCAL_BUILDERS)}")
+        return load_dataset(_LOCAL_BUILDERS[ext], data_files=path, split=entry.split)
+    looks_local = path.startswith((".", "/", "~")) or os.path.splitext(path)[1].lower() in _LOCAL_BUILDERS
+    if looks_local and not os.path.isdir(path):
+        raise FileNotFoundError(f"{where}: dataset path {entry.path!r} does not exist")
+    return load_dataset(path, name=entry.name, data_dir=entry.data_dir, data_files=entry.data_files, split=entry.split)
+
+
+def check_scores(
+    values, column: str, where: str, *, fill: float | None, value_range: tuple[float, float]
+) -> np.ndarray:
+    """Scores as floats, or a ValueError naming ``where``, the row and the column of the first bad one."""
+    low, high = value_range
+    out = np.empty(len(values), dtype=np.float64)
+    bad: list[tuple[int, str]] = []
+    for i, v in enumerate(values):
+        if v is None and fill is not None:
+            v = fill
+        if v is None:
+            problem = "missing value (set missing_uncertainty to a score to fill it)"
+        elif isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            problem = f"{v!r} is not a number"
+        elif not math.isfinite(v):
+            problem = f"{v} is not finite"
+        elif v < 0:
+            problem = f"{v} is negative"
+        elif not low <= v <= high:
+            problem = f"{v} lies outside the declared range [{low:g}, {high:g}]"
+        else:
+            out[i] = v
+            continue
+        bad.append((i, problem))
+    if bad:
+        i, problem = bad[0]
+        more = f" ({len(bad)} bad rows in all: {', '.join(str(r) for r, _ in bad[:10])}{', ...' if len(bad) > 10 else ''})"
+        raise ValueError(f"{where}: row {i} (0-based), column {column!r}: {problem}{more if len(bad) > 1 else ''}")
+    return out
+
+
+def _score_column(args) -> tuple[str | None, tuple[float, float]]:
+    """Which column the strategy reads and its allowed range (None: the strategy reads no column)."""
+    if args.smoothing_strategy == "explicit":
+        return args.smoothing_column, (0.0, args.smoothing_max)
+    if args.smoothing_strategy in ("uncertainty", "linear"):
+        return args.uncertainty_column, tuple(args.uncertainty_range)
+    return None, (0.0, 0.0)
+
+
+def read_scores(dataset: Dataset, args, where: str) -> np.ndarray | None:
+    """The checked score column the strategy needs, or None for 'constant'/'none'."""
+    column, value_range = _score_column(args)
+    if column is None:
+        return None
+    if column not in dataset.column_names:
+        raise ValueError(
+            f"{where}: no column {column!r} (smoothing_strategy={args.smoothing_strategy!r}); the columns are "
+            f"{dataset.column_names}. Score the data with `ual score`, or set the column name in the recipe."
+        )
+    fill = args.missing_fill if args.smoothing_strategy != "explicit" else None
+    return check_scores(dataset[column], column, where, fill=fill, value_range=value_range)
+
+
+def load_mixture(entries: list[UALDatasetConfig], args) -> Dataset:
+    """Load, convert and check every entry, then mix: TRL-shaped rows plus the score and source columns."""
+    if not entries:
+        raise ValueError("the recipe has no `datasets:` entries to train on")
+    column, _ = _score_column(args)
+    loaded, shapes = [], {}
+    for i, entry in enumerate(entries):
+        where = f"datasets[{i}] ({entry.path})"
+        ds = _load_one(entry, where)
+        fmt = resolve_format(entry.format, ds.column_names, where)
+        if column is not None:
+            read_scores(ds, args, where)
+        keep = output_columns(fmt)
+        shapes[where] = keep
+        source = entry.source or entry.path
+        extra = [c for c in (column,) if c is not None]
+        ds = ds.map(
+            lambda row: {**convert(row, fmt), SOURCE: source},
+            remove_columns=[c for c in ds.column_names if c not in extra],
+            desc=f"Converting {source} ({fmt})",
+        )
+        loaded.append(ds)
+    if len({v for v in shapes.values()}) > 1:
+        raise ValueError(
+            "the datasets of a mixture must share one shape after conversion, got "
+            + "; ".join(f"{k}: {'/'.join(v)}" for k, v in shapes.items())
+        )
+    fractions = [e.fraction for e in entries]
+    if any(f is not None for f in fractions):
+        if any(f is None for f in fractions):
+            raise ValueError("`fraction` must be set on every entry of `datasets:` or on none")
+        weights = [f / sum(fractions) for f in fractions]
+        total = min(len(ds) / w for ds, w in zip(loaded, weights) if w > 0)
+        loaded = [ds.select(range(round(w * total))) for ds, w in zip(loaded, weights)]
+    return concatenate_datasets(loaded)
+
+
+@dataclass
+class SmoothingReport:
+    """What the mapping did, logged at start and saved next to the model."""
+
+    mapping: dict
+    overall: str
+    per_source: dict[str, dict]
+
+    def to_dict(self) -> dict:
+        return {"mapping": self.mapping, "overall": self.overall, "per_source": self.per_source}
+
+
+def attach_smoothing(
+    dataset: Dataset, args, where: str, fitted: SmoothingMap | None = None
+) -> tuple[Dataset, SmoothingMap, SmoothingReport]:
+    """Add the per-sample eps column. Fits the mapping on ``dataset`` unless ``fitted`` is given (eval data)."""
+    scores = read_scores(dataset, args, where)
+    if fitted is None:
+        fitted = fit_smoothing(
+            scores,
+            args.smoothing_strategy,
+            target_mean=args.smoothing_mean,
+            smoothing_min=args.smoothing_min,
+            smoothing_max=args.smoothing_max,
+            uncertainty_range=tuple(args.uncertainty_range),
+        )
+    eps = fitted(scores if scores is not None else np.zeros(len(dataset)))
+    if SAMPLE_SMOOTHING in dataset.column_names:
+        dataset = dataset.remove_columns(SAMPLE_SMOOTHING)
+    dataset = dataset.add_column(SAMPLE_SMOOTHING, eps.astype(np.float32).tolist())
+    per_source = {}
+    if SOURCE in dataset.column_names:
+        sources = np.asarray(dataset[SOURCE])
+        for name in dict.fromkeys(sources.tolist()):
+            sel = eps[sources == name]
+            per_source[name] = {
+                "rows": int(sel.size),
+                "smoothing_mean": float(sel.mean()),
+                "smoothing_min": float(sel.min()),
+                "smoothing_max": float(sel.max()),
+                **({"uncertainty_mean": float(scores[sources == name].mean())} if scores is not None else {}),
+            }
+    return dataset, fitted, SmoothingReport(fitted.to_dict(), summarize(eps), per_source)
+
+
+def expand_smoothing(dataset: Dataset, num_proc: int | None = None) -> Dataset:
+    """Per-sample eps -> per-token ``smoothing`` list aligned with ``input_ids`` (after truncation)."""
+
+    def per_token(batch):
+        return {
+            TOKEN_SMOOTHING: [[eps] * len(ids) for eps, ids in zip(batch[SAMPLE_SMOOTHING], batch["input_ids"])]
+        }
+
+    keep = [c for c in ("input_ids", "labels", "seq_lengths") if c in dataset.column_names]
+    dataset = dataset.map(
+        per_token,
+        batched=True,
+        remove_columns=[c for c in dataset.column_names if c not in keep],
+        num_proc=num_proc,
+        desc="Expanding smoothing to tokens",
+    )
+    return dataset
+
+
+@dataclass
+class SmoothingCollator(DataCollatorForLanguageModeling):
+    """TRL's language-modeling collator plus a float ``smoothing`` tensor shaped like ``input_ids``.
+
+    Padded exactly like ``labels`` (0.0 on padding) or flattened with them under padding-free.
+    """
+
+    def torch_call(self, examples):
+        batch = super().torch_call(examples)
+        try:
+            eps = [torch.tensor(ex[TOKEN_SMOOTHING], dtype=torch.float32) for ex in examples]
+        except KeyError:
+            raise KeyError(
+                f"a training example has no {TOKEN_SMOOTHING!r} column: the dataset was not prepared by UALTrainer "
+                "(with `skip_prepare_dataset`, add a per-token smoothing list aligned with input_ids)"
+            ) from None
+        if self.padding_free:
+            eps = [torch.cat(eps)]
+        batch[TOKEN_SMOOTHING] = pad(
+            eps, padding_value=0.0, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of
+        )
+        if batch[TOKEN_SMOOTHING].shape != batch["input_ids"].shape:  # a bug guard: misaligned data trains wrong
+            raise ValueError(
+                f"smoothing {tuple(batch[TOKEN_SMOOTHING].shape)} and input_ids {tuple(batch['input_ids'].shape)} "
+                "are not aligned"
+            )
+        return batch

@@ -1,0 +1,240 @@
+"""UALTrainer: TRL's SFTTrainer with a per-sample label-smoothing loss.
+
+What it changes, hook by hook (everything else is SFTTrainer's):
+- ``__init__``: fits the uncertainty -> eps mapping on the whole training set (before any sharding),
+  installs a collator that carries ``smoothing``, and adds a ``ual_smoothing`` path to the model's
+  forward that returns per-token smoothed losses from the final hidden states (no [B, T, V] logits).
+- ``_prepare_dataset``: TRL tokenizes and truncates (the per-sample eps column rides along), then
+  eps is expanded per token and packed with ``input_ids``/``labels`` by ``trl.pack_dataset``.
+- ``_set_signature_columns_if_needed``: keeps ``smoothing`` in the dataloader.
+- ``compute_loss``: normalised exactly like SFTTrainer's default NLL, plus the same metrics.
+- ``save_model``: writes the smoothing settings and statistics next to every saved model.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import types
+from dataclasses import dataclass
+
+import torch
+from accelerate.utils import is_peft_model
+from datasets import Dataset
+from transformers.utils import ModelOutput
+from trl import SFTTrainer, pack_dataset
+from trl.trainer.utils import maybe_gather_lm_head_ctx
+
+from .config import UALConfig
+from .data import (
+    SAMPLE_SMOOTHING,
+    TOKEN_SMOOTHING,
+    SmoothingCollator,
+    attach_smoothing,
+    expand_smoothing,
+)
+from .loss import smoothed_cross_entropy
+
+logger = logging.getLogger("ual")
+SETTINGS_FILE = "ual_smoothing.json"
+# Config attributes that rescale or cap the logits; the smoothed head does not reproduce them (yet).
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+
+
+@dataclass
+class SmoothedLMOutput(ModelOutput):
+    """Per trained token (label != -100, after the causal shift): loss, metrics and eps."""
+
+    per_token_loss: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    is_top1: torch.Tensor | None = None
+    smoothing: torch.Tensor | None = None
+    label_mask: torch.Tensor | None = None
+
+
+def add_smoothed_lm_head(model, convention: str, chunk_size: int | None) -> None:
+    """Give ``model.forward`` a ``ual_smoothing=`` path; without it the forward is unchanged (generation, TRL)."""
+    text_config = model.config.get_text_config()
+    for name in _LOGIT_TRANSFORMS:
+        value = getattr(text_config, name, None)
+        if value is not None and value != 1.0:
+            raise ValueError(
+                f"{type(model).__name__} transforms its logits ({name}={value}); UALTrainer's smoothed loss head "
+                "does not support that yet"
+            )
+    previous_forward = model.forward
+
+    @functools.wraps(type(model).forward)
+    def forward(self, *args, ual_smoothing=None, labels=None, **kwargs):
+        if ual_smoothing is None:
+            return previous_forward(*args, labels=labels, **kwargs)
+        kwargs["use_cache"] = False
+        hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        labels, eps = labels[:, 1:], ual_smoothing[:, 1:]
+        lm_head = self.get_output_embeddings()
+        weight, bias = lm_head.weight, lm_head.bias
+        if hasattr(weight, "full_tensor"):  # FSDP2 shards parameters as DTensors
+            weight = weight.full_tensor()
+            bias = bias.full_tensor() if bias is not None else None
+        hidden, labels, eps = hidden.to(weight.device), labels.to(weight.device), eps.to(weight.device)
+        mask = labels != -100
+        with maybe_gather_lm_head_ctx(weight, bias):  # ZeRO-3: the head is read directly, not through its module
+            out = smoothed_cross_entropy(
+                hidden[mask], weight, labels[mask], eps[mask], convention=convention, bias=bias, chunk_size=chunk_size
+            )
+        return SmoothedLMOutput(
+            per_token_loss=out.loss, entropy=out.entropy, is_top1=out.is_top1, smoothing=eps[mask], label_mask=mask
+        )
+
+    model.forward = types.MethodType(forward, model)
+
+
+class UALTrainer(SFTTrainer):
+    """SFTTrainer whose loss gives every sample its own label smoothing, derived from its uncertainty."""
+
+    _tag_names = ["trl", "sft", "ual"]
+    _name = "UAL"
+
+    def __init__(self, model, args: UALConfig | None = None, data_collator=None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, **kwargs):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = UALConfig(f"{str(name).rstrip('/').split('/')[-1]}-UAL")
+        if not isinstance(args, UALConfig):
+            raise TypeError(f"UALTrainer needs a UALConfig, got {type(args).__name__}")
+        if data_collator is not None:
+            raise ValueError("UALTrainer builds its own collator (it must carry the smoothing column); drop data_collator")
+        if args.label_smoothing_factor:
+            raise ValueError(
+                "label_smoothing_factor is SFTTrainer's global smoothing; with UALTrainer use "
+                "smoothing_strategy='constant' and smoothing_mean instead"
+            )
+        if args.loss_type != "nll":
+            raise ValueError(f"UALTrainer smooths the NLL loss; loss_type={args.loss_type!r} is not supported")
+        if not isinstance(train_dataset, Dataset):
+            raise TypeError(
+                "UALTrainer needs a map-style datasets.Dataset: the smoothing mapping is fitted over the whole "
+                f"training set before training (got {type(train_dataset).__name__})"
+            )
+        skip = bool((args.dataset_kwargs or {}).get("skip_prepare_dataset"))
+        if skip:
+            if TOKEN_SMOOTHING not in train_dataset.column_names:
+                raise ValueError(
+                    f"skip_prepare_dataset=True needs a per-token {TOKEN_SMOOTHING!r} column next to input_ids/labels"
+                )
+            self.smoothing_map, self.smoothing_report = None, None
+        else:
+            train_dataset, self.smoothing_map, self.smoothing_report = attach_smoothing(
+                train_dataset, args, "train_dataset"
+            )
+            logger.info("UAL smoothing (%s): %s", args.smoothing_strategy, self.smoothing_report.overall)
+            for source, stats in self.smoothing_report.per_source.items():
+                logger.info("UAL smoothing for %s: %s", source, stats)
+        self.dropped_samples: dict[str, int] = {}
+
+        super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processing_class, **kwargs)
+
+        if self._is_vision_dataset:
+            raise ValueError("UALTrainer does not support vision datasets yet")
+        if self.aux_loss_enabled:
+            raise ValueError("UALTrainer does not add the MoE router auxiliary loss yet; set router_aux_loss_coef=0")
+        self.data_collator = SmoothingCollator(
+            pad_token_id=self._tokenizer.pad_token_id,
+            padding_free=self.padding_free,
+            pad_to_multiple_of=args.pad_to_multiple_of,
+        )
+        add_smoothed_lm_head(
+            self.model.get_base_model() if is_peft_model(self.model) else self.model,
+            convention=args.smoothing_convention,
+            chunk_size=args.loss_chunk_size,
+        )
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        if SAMPLE_SMOOTHING not in dataset.column_names:  # an eval set: apply the mapping fitted on train
+            if self.smoothing_map is None:
+                raise ValueError(f"{dataset_name} dataset has no smoothing column and no mapping was fitted")
+            dataset, _, report = attach_smoothing(dataset, args, f"{dataset_name}_dataset", fitted=self.smoothing_map)
+            logger.info("UAL smoothing for %s: %s", dataset_name, report.overall)
+        before = len(dataset)
+        # Tokenize, build labels and truncate with TRL (other columns ride along). When packing, TRL packs untruncated
+        # sequences and lets the packing strategy truncate, split or wrap them, so truncation is left to packing here too.
+        max_length = args.max_length
+        if packing:
+            args.max_length = None
+        try:
+            dataset = super()._prepare_dataset(dataset, processing_class, args, False, formatting_func, dataset_name)
+        finally:
+            args.max_length = max_length
+        dropped = before - len(dataset)
+        self.dropped_samples[dataset_name] = dropped
+        if dropped:
+            logger.warning(
+                "%s: dropped %d of %d samples whose every label was masked after truncation to max_length=%s",
+                dataset_name, dropped, before, max_length,
+            )
+        dataset = expand_smoothing(dataset, num_proc=args.dataset_num_proc)
+        if packing:
+            dataset = pack_dataset(dataset, args.max_length, args.packing_strategy, {"num_proc": args.dataset_num_proc})
+            if args.shuffle_dataset:
+                dataset = dataset.shuffle(seed=args.seed)
+        return dataset
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if TOKEN_SMOOTHING not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, TOKEN_SMOOTHING]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        smoothing = inputs.pop(TOKEN_SMOOTHING, None)
+        if smoothing is None:
+            raise KeyError(f"the batch has no {TOKEN_SMOOTHING!r} tensor: UALTrainer's collator was replaced")
+        inputs["use_cache"] = False
+        outputs = model(**inputs, ual_smoothing=smoothing)
+        num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+        # Same normalisation as SFTTrainer's default NLL: eps = 0 gives its loss and gradients
+        loss = outputs.per_token_loss.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+
+        gather = self.accelerator.gather_for_metrics
+        num_valid = gather(outputs.label_mask.sum()).sum()
+        sums = {
+            "entropy": gather(outputs.entropy.detach().sum()).sum(),
+            "mean_token_accuracy": gather(outputs.is_top1.sum()).sum(),
+            "smoothing/mean": gather(outputs.smoothing.detach().float().sum()).sum(),
+        }
+        for key, total in sums.items():
+            self._metrics[mode][key].append((total / num_valid).item() if num_valid > 0 else 0.0)
+        if mode == "train":
+            if "attention_mask" in inputs:
+                local = inputs["attention_mask"].sum()
+            else:
+                local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+            self._total_train_tokens += gather(local).sum().item() // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+        if return_outputs:  # logits for compute_metrics: an extra no-grad forward, as in SFTTrainer
+            with torch.no_grad():
+                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            return loss, outputs
+        return loss
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save and self.smoothing_report is not None:
+            output_dir = output_dir or self.args.output_dir
+            os.makedirs(output_dir, exist_ok=True)
+            with open(os.path.join(output_dir, SETTINGS_FILE), "w") as f:
+                json.dump(
+                    {
+                        "settings": self.args.smoothing_settings(),
+                        "statistics": self.smoothing_report.to_dict(),
+                        "dropped_samples": self.dropped_samples,
+                    },
+                    f,
+                    indent=2,
+                )
