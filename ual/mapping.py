@@ -31,22 +31,26 @@ class SmoothingMappingError(ValueError):
 
 @dataclass(frozen=True)
 class SmoothingMap:
-    """A fitted mapping: eps = clip(scale * u + offset, lo, hi). Apply it to eval data unchanged."""
+    """A fitted mapping: eps = clip(scale * u / unit + offset, lo, hi). Apply it to eval data unchanged.
+
+    ``unit`` (the largest training score for 'uncertainty') keeps ``scale`` finite for any score magnitude.
+    """
 
     strategy: str
     scale: float = 0.0
     offset: float = 0.0
     lo: float = 0.0
     hi: float = 0.0
+    unit: float = 1.0
 
     def __call__(self, uncertainty) -> np.ndarray:
         u = np.asarray(uncertainty, dtype=np.float64)
         if self.strategy == "explicit":
             return u.copy()
-        return np.clip(self.scale * u + self.offset, self.lo, self.hi)
+        return np.clip(self.scale * (u / self.unit) + self.offset, self.lo, self.hi)
 
     def to_dict(self) -> dict:
-        return {"strategy": self.strategy, "scale": self.scale, "offset": self.offset, "lo": self.lo, "hi": self.hi}
+        return {k: getattr(self, k) for k in ("strategy", "scale", "offset", "lo", "hi", "unit")}
 
 
 def fit_smoothing(
@@ -93,6 +97,8 @@ def _fit_proportional(u: np.ndarray, target_mean: float, eps_max: float) -> Smoo
     if (u < 0).any():
         raise SmoothingMappingError("uncertainty scores must be >= 0 for the 'uncertainty' strategy")
     n = u.size
+    unit = float(u.max()) if u.size and u.max() > 0 else 1.0
+    u = u / unit
     positive = np.sort(u[u > 0])[::-1]
     if positive.size == 0:
         raise SmoothingMappingError(
@@ -115,8 +121,8 @@ def _fit_proportional(u: np.ndarray, target_mean: float, eps_max: float) -> Smoo
             break
     else:  # every positive sample clipped: only when the target equals the reachable maximum
         c = eps_max / positive[-1]
-    fitted = SmoothingMap("uncertainty", scale=float(c), lo=0.0, hi=eps_max)
-    mean = float(fitted(u).mean())
+    fitted = SmoothingMap("uncertainty", scale=float(c), lo=0.0, hi=eps_max, unit=unit)
+    mean = float(fitted(u * unit).mean())
     if not math.isclose(mean, target_mean, abs_tol=MEAN_TOLERANCE):  # a bug guard, not an expected path
         raise SmoothingMappingError(f"internal error: fitted mean {mean} != target {target_mean}")
     return fitted

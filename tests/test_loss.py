@@ -1,0 +1,120 @@
+"""The chunked smoothed loss head against straightforward full-logits references."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ual.loss import default_chunk_size, smoothed_cross_entropy
+
+
+def reference(hidden, weight, labels, eps, convention, bias=None):
+    """Full soft-target cross-entropy: -sum_v q_v log softmax(z)_v, with the convention's q."""
+    z = hidden @ weight.t() + (0 if bias is None else bias)
+    logp = z.log_softmax(-1)
+    vocab = weight.shape[0]
+    onehot = F.one_hot(labels, vocab).to(z.dtype)
+    if convention == "uniform":
+        q = (1 - eps)[:, None] * onehot + eps[:, None] / vocab
+    else:
+        q = (1 - eps)[:, None] * onehot + (eps[:, None] / (vocab - 1)) * (1 - onehot)
+    return -(q * logp).sum(-1)
+
+
+def make_inputs(n=53, h=24, v=97, dtype=torch.float64, seed=0, bias=False):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=g, dtype=dtype, requires_grad=True)
+    weight = torch.randn(v, h, generator=g, dtype=dtype, requires_grad=True)
+    b = torch.randn(v, generator=g, dtype=dtype, requires_grad=True) if bias else None
+    labels = torch.randint(0, v, (n,), generator=g)
+    # a different eps per sample: 5 samples of uneven length, eps in [0, 0.9]
+    sample_of_token = torch.randint(0, 5, (n,), generator=g)
+    eps = (torch.rand(5, generator=g, dtype=dtype) * 0.9)[sample_of_token]
+    return hidden, weight, b, labels, eps
+
+
+@pytest.mark.parametrize("convention", ["paper", "uniform"])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
+def test_values_and_gradients_match_full_logits_reference(convention, bias, chunk_size):
+    hidden, weight, b, labels, eps = make_inputs(bias=bias)
+    upstream = torch.randn(labels.shape[0], dtype=torch.float64)  # any weighting of the per-token losses
+    params = [hidden, weight] + ([b] if bias else [])
+
+    out = smoothed_cross_entropy(hidden, weight, labels, eps, convention=convention, bias=b, chunk_size=chunk_size)
+    grads = torch.autograd.grad((out.loss * upstream).sum(), params)
+    ref = reference(hidden, weight, labels, eps, convention, b)
+    ref_grads = torch.autograd.grad((ref * upstream).sum(), params)
+
+    torch.testing.assert_close(out.loss, ref, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+def test_metrics_match_full_logits():
+    hidden, weight, _, labels, eps = make_inputs()
+    out = smoothed_cross_entropy(hidden, weight, labels, eps, chunk_size=5)
+    z = (hidden @ weight.t()).detach()
+    logp = z.log_softmax(-1)
+    torch.testing.assert_close(out.entropy, -(logp.exp() * logp).sum(-1))
+    assert torch.equal(out.is_top1, z.argmax(-1) == labels)
+
+
+def test_zero_smoothing_is_the_nll():
+    hidden, weight, _, labels, _ = make_inputs()
+    out = smoothed_cross_entropy(hidden, weight, labels, torch.zeros(labels.shape, dtype=torch.float64))
+    torch.testing.assert_close(out.loss, F.cross_entropy(hidden @ weight.t(), labels, reduction="none"))
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.35])
+def test_constant_uniform_equals_torch_label_smoothing(eps):
+    hidden, weight, _, labels, _ = make_inputs(dtype=torch.float32)
+    out = smoothed_cross_entropy(
+        hidden, weight, labels, torch.full(labels.shape, eps), convention="uniform", chunk_size=8
+    )
+    want = F.cross_entropy(hidden @ weight.t(), labels, label_smoothing=eps, reduction="none")
+    torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-5)
+    g1 = torch.autograd.grad(out.loss.sum(), [hidden, weight])
+    g2 = torch.autograd.grad(want.sum(), [hidden, weight])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_conventions_differ_only_by_the_gold_share():
+    # uniform puts eps/V on gold too; paper gives gold exactly 1 - eps: with eps > 0 the losses differ
+    hidden, weight, _, labels, eps = make_inputs()
+    paper = smoothed_cross_entropy(hidden, weight, labels, eps, convention="paper").loss
+    uniform = smoothed_cross_entropy(hidden, weight, labels, eps, convention="uniform").loss
+    assert not torch.allclose(paper, uniform)
+    torch.testing.assert_close(paper, reference(hidden, weight, labels, eps, "paper"))
+
+
+def test_bfloat16_inputs_give_bfloat16_gradients_close_to_float32():
+    hidden, weight, _, labels, eps = make_inputs(dtype=torch.float32)
+    h16 = hidden.detach().bfloat16().requires_grad_()
+    w16 = weight.detach().bfloat16().requires_grad_()
+    out16 = smoothed_cross_entropy(h16, w16, labels, eps.float())
+    out16.loss.sum().backward()
+    assert out16.loss.dtype == torch.float32 and h16.grad.dtype == torch.bfloat16 and w16.grad.dtype == torch.bfloat16
+    ref = reference(h16.detach().float(), w16.detach().float(), labels, eps.float(), "paper")
+    torch.testing.assert_close(out16.loss, ref, rtol=2e-2, atol=2e-2)
+
+
+def test_no_trained_tokens_still_backpropagates_zero():
+    hidden = torch.randn(0, 8, requires_grad=True)
+    weight = torch.randn(11, 8, requires_grad=True)
+    out = smoothed_cross_entropy(hidden, weight, torch.zeros(0, dtype=torch.long), torch.zeros(0))
+    out.loss.sum().backward()
+    assert weight.grad is not None and torch.count_nonzero(weight.grad) == 0
+
+
+def test_shape_and_convention_errors():
+    hidden, weight, _, labels, eps = make_inputs()
+    with pytest.raises(ValueError, match="unknown smoothing convention 'papper'"):
+        smoothed_cross_entropy(hidden, weight, labels, eps, convention="papper")
+    with pytest.raises(ValueError, match="expected hidden"):
+        smoothed_cross_entropy(hidden, weight, labels, eps[:-1])
+
+
+def test_default_chunk_bounds_the_block_size():
+    assert default_chunk_size(32_000) * 32_000 <= 2**25
+    assert default_chunk_size(128_256) >= 1 and default_chunk_size(10**9) == 1

@@ -1,0 +1,217 @@
+"""UALTrainer against TRL's SFTTrainer: same loss at eps = 0, eps aligned per token, GA invariance."""
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM
+from trl import SFTConfig, SFTTrainer
+
+from conftest import cpu_config
+from ual.data import TOKEN_SMOOTHING
+from ual.formats import convert
+from ual.trainer import SETTINGS_FILE, UALTrainer
+
+WORDS = "apple river stone cloud music green seven table window garden light number answer story".split()
+
+
+def raw_rows(n=12, seed=0):
+    """Alpaca-style rows of uneven length, each with its own distinct explicit eps and a score."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        k = int(torch.randint(2, 30, (1,), generator=g))
+        words = [WORDS[int(j)] for j in torch.randint(0, len(WORDS), (k,), generator=g)]
+        rows.append(
+            {
+                "instruction": f"Item {i}: repeat these words",
+                "input": "",
+                "output": " ".join(words) + f" done {i}",
+                "smoothing": round(0.01 + 0.07 * i, 4),  # distinct per sample
+                "uncertainty": float(5 + 7 * i),
+            }
+        )
+    return rows
+
+
+def trl_dataset(rows, columns=("smoothing", "uncertainty")):
+    return Dataset.from_list([{**convert(r, "alpaca"), **{c: r[c] for c in columns}} for r in rows])
+
+
+def make_trainer(tmp_path, model_path, rows, **cfg):
+    cfg.setdefault("smoothing_strategy", "explicit")
+    return UALTrainer(model=model_path, args=cpu_config(tmp_path, **cfg), train_dataset=trl_dataset(rows))
+
+
+def expected_sequences(tokenizer, rows, max_length):
+    """Independently tokenized (prompt+completion, truncated) sequences -> that sample's eps."""
+    table = {}
+    for r in rows:
+        ex = convert(r, "alpaca")
+        ids = tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=True)["input_ids"]
+        table[tuple(ids[:max_length])] = r["smoothing"]
+    assert len(table) == len(rows)
+    return table
+
+
+def segments(batch):
+    """(input_ids, smoothing, labels) per sample in a collated batch, padded or padding-free."""
+    if "attention_mask" in batch:
+        for ids, eps, labels, mask in zip(batch["input_ids"], batch[TOKEN_SMOOTHING], batch["labels"], batch["attention_mask"]):
+            n = int(mask.sum())
+            assert torch.all(eps[n:] == 0), "padding must carry eps = 0"
+            yield ids[:n], eps[:n], labels[:n]
+    else:
+        pos = batch["position_ids"][0]
+        starts = (pos == 0).nonzero().flatten().tolist() + [pos.numel()]
+        for s, e in zip(starts[:-1], starts[1:]):
+            yield batch["input_ids"][0, s:e], batch[TOKEN_SMOOTHING][0, s:e], batch["labels"][0, s:e]
+
+
+@pytest.mark.parametrize(
+    "mode, cfg",
+    [
+        ("padded", dict(max_length=512)),
+        ("truncated", dict(max_length=24)),
+        ("bfd packed, padding-free", dict(max_length=48, packing=True, packing_strategy="bfd")),
+    ],
+)
+def test_every_trained_token_carries_its_own_samples_eps(tmp_path, tiny_model_path, tokenizer, mode, cfg):
+    rows = raw_rows(12)
+    trainer = make_trainer(tmp_path, tiny_model_path, rows, per_device_train_batch_size=4, **cfg)
+    assert trainer.data_collator.padding_free == cfg.get("packing", False)
+    table = expected_sequences(tokenizer, rows, cfg["max_length"])
+    seen = set()
+    for batch in trainer.get_train_dataloader():
+        assert batch[TOKEN_SMOOTHING].shape == batch["input_ids"].shape
+        assert batch[TOKEN_SMOOTHING].dtype == torch.float32
+        for ids, eps, labels in segments(batch):
+            key = tuple(ids.tolist())
+            assert key in table, f"{mode}: a collated sequence matches no sample (misaligned or mangled)"
+            trained = labels != -100
+            assert trained.any()
+            torch.testing.assert_close(eps[trained], torch.full_like(eps[trained], table[key]))
+            seen.add(key)
+    assert seen == set(table), "every sample must reach the batches"
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("num_items", [None, 37])
+def test_zero_smoothing_equals_sft_trainer_default_loss_and_gradients(tmp_path, tiny_model_path, num_items):
+    rows = raw_rows(6)
+    ual = make_trainer(tmp_path, tiny_model_path, rows, smoothing_strategy="none", per_device_train_batch_size=6)
+    sft_args = SFTConfig(
+        output_dir=str(tmp_path / "sft"), use_cpu=True, bf16=False, activation_checkpointing=False, report_to="none",
+        per_device_train_batch_size=6, max_length=64, seed=0, save_strategy="no",
+    )
+    sft = SFTTrainer(model=tiny_model_path, args=sft_args, train_dataset=trl_dataset(rows, columns=()))
+    batch = next(iter(ual.get_train_dataloader()))
+    assert torch.all(batch[TOKEN_SMOOTHING] == 0)
+
+    losses, grads = [], []
+    for trainer, inputs in ((ual, dict(batch)), (sft, {k: v for k, v in batch.items() if k != TOKEN_SMOOTHING})):
+        trainer.model.train()
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, inputs, num_items_in_batch=num_items)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(_grads(trainer.model))
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-6)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7, msg=name)
+    # and the metrics SFTTrainer logs are there, plus the smoothing mean
+    for key in ("entropy", "mean_token_accuracy", "num_tokens", "smoothing/mean"):
+        assert ual._metrics["train"][key], key
+    assert ual._metrics["train"]["entropy"][-1] == pytest.approx(sft._metrics["train"]["entropy"][-1], rel=1e-5)
+
+
+def test_smoothing_changes_the_loss_by_the_expected_amount(tmp_path, tiny_model_path):
+    """With eps > 0 the trainer's loss equals the full-logits soft-target cross-entropy of the same batch."""
+    rows = raw_rows(5)
+    trainer = make_trainer(tmp_path, tiny_model_path, rows, per_device_train_batch_size=5)
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model.train()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        logits = AutoModelForCausalLM.from_pretrained(tiny_model_path)(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits[:, :-1].double()
+    labels, eps = batch["labels"][:, 1:], batch[TOKEN_SMOOTHING][:, 1:].double()
+    mask = labels != -100
+    logp = logits.log_softmax(-1)[mask]
+    y, e = labels[mask], eps[mask]
+    vocab = logits.shape[-1]
+    nll = -logp.gather(1, y[:, None]).squeeze(1)
+    off = -(logp.sum(-1) + nll) / (vocab - 1)  # mean -log p over the V-1 non-gold tokens (log p_y = -nll)
+    want = ((1 - e) * nll + e * off).sum() / mask.sum()
+    assert float(loss) == pytest.approx(float(want), rel=1e-5)
+    assert trainer._metrics["train"]["smoothing/mean"][-1] == pytest.approx(float(e.mean()), rel=1e-5)
+
+
+def test_gradient_accumulation_2x1_equals_batch_of_2(tmp_path, tiny_model_path):
+    rows = raw_rows(4)
+    deltas = []
+    for bs, ga in ((2, 1), (1, 2)):
+        trainer = make_trainer(
+            tmp_path / f"bs{bs}", tiny_model_path, rows, per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga, max_steps=1, optim="sgd", learning_rate=1.0, max_grad_norm=0,
+            lr_scheduler_type="constant", weight_decay=0.0,
+        )
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.train()
+        deltas.append({n: p.detach() - before[n] for n, p in trainer.model.named_parameters()})
+    moved = sum(float(d.abs().sum()) for d in deltas[0].values())
+    assert moved > 0
+    for name in deltas[0]:
+        torch.testing.assert_close(deltas[0][name], deltas[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_eval_set_uses_the_mapping_fitted_on_train(tmp_path, tiny_model_path):
+    rows = raw_rows(8)
+    trainer = UALTrainer(
+        model=tiny_model_path,
+        args=cpu_config(tmp_path, smoothing_strategy="uncertainty", smoothing_mean=0.2, eval_strategy="no"),
+        train_dataset=trl_dataset(rows[:6]),
+        eval_dataset=trl_dataset(rows[6:]),
+    )
+    scores = torch.tensor([r["uncertainty"] for r in rows[:6]], dtype=torch.float64)
+    expected_eval = [0.2 * r["uncertainty"] / float(scores.mean()) for r in rows[6:]]
+    got = sorted({round(float(x[0]), 5) for x in trainer.eval_dataset[TOKEN_SMOOTHING]})
+    assert got == pytest.approx(sorted(expected_eval), abs=1e-5)
+    metrics = trainer.evaluate()
+    assert "eval_loss" in metrics and "eval_smoothing/mean" in metrics
+
+
+def test_saved_model_carries_smoothing_settings(tmp_path, tiny_model_path):
+    trainer = make_trainer(tmp_path, tiny_model_path, raw_rows(4), smoothing_strategy="uncertainty")
+    trainer.save_model(str(tmp_path / "saved"))
+    saved = json.loads((tmp_path / "saved" / SETTINGS_FILE).read_text())
+    assert saved["settings"]["smoothing_strategy"] == "uncertainty"
+    assert saved["statistics"]["mapping"]["strategy"] == "uncertainty"
+    assert (tmp_path / "saved" / "model.safetensors").exists()
+
+
+def test_lora_trains_and_lm_head_adapter_is_refused(tmp_path, tiny_model_path):
+    from peft import LoraConfig
+
+    rows = raw_rows(4)
+    trainer = UALTrainer(
+        model=tiny_model_path, args=cpu_config(tmp_path, smoothing_strategy="explicit", max_steps=2),
+        train_dataset=trl_dataset(rows), peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    assert lora_before and any(
+        not torch.equal(p.detach(), lora_before[n]) for n, p in trainer.model.named_parameters() if n in lora_before
+    )
+    with pytest.raises(ValueError, match="lm_head"):
+        UALTrainer(
+            model=tiny_model_path, args=cpu_config(tmp_path, smoothing_strategy="explicit"),
+            train_dataset=trl_dataset(rows),
+            peft_config=LoraConfig(r=4, target_modules=["q_proj", "lm_head"]),
+        )
