@@ -39,8 +39,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[UALConfig, ModelConfig, U
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-"):
         argv = ["--config", *argv]
-    if "--config" not in argv:
-        raise SystemExit("usage: python -m ual.train RECIPE.yaml [--key value ...]")
+    if "--config" not in argv and not {"-h", "--help"} & set(argv):
+        raise SystemExit("usage: python -m ual.train RECIPE.yaml [--key value ...]  (--help lists every key)")
     return make_parser().parse_args_and_config(argv)
 
 

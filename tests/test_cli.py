@@ -1,0 +1,25 @@
+"""The `ual` console command dispatches to its subcommands."""
+
+import subprocess
+import sys
+
+import pytest
+
+from ual.cli import main
+
+
+def test_help_and_unknown_command(capsys):
+    assert main(["--help"]) == 0 and "ual train" not in capsys.readouterr().err
+    assert main(["nope"]) == 2
+    assert "unknown command 'nope'" in capsys.readouterr().err
+
+
+def test_train_help_lists_smoothing_keys():
+    out = subprocess.run([sys.executable, "-m", "ual.cli", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "--smoothing_strategy" in out.stdout and "--model_name_or_path" in out.stdout
+
+
+def test_train_without_recipe_says_how_to_call_it():
+    with pytest.raises(SystemExit, match="RECIPE.yaml"):
+        main(["train"])

@@ -1,0 +1,40 @@
+"""The ``ual`` console command: ``ual train RECIPE.yaml [--key value ...]`` and ``ual score INPUT --output OUT``.
+
+Each subcommand owns its parser (``ual.train`` is TRL's TrlParser, ``ual.score`` an argparse parser), so this
+module only picks one by name.
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: ual COMMAND ...
+
+commands:
+  train RECIPE.yaml [--key value ...]   train with per-sample smoothing (same as python -m ual.train)
+  score INPUT --output OUTPUT [...]     elicit per-sample uncertainty from a judge (same as python -m ual.score)
+
+`ual COMMAND --help` shows a command's options."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from ual.train import main as train
+
+        train(rest)
+        return 0
+    if command == "score":
+        from ual.score.cli import main as score
+
+        return score(rest)
+    print(f"ual: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
