@@ -12,7 +12,7 @@ from ual.data import UALDatasetConfig, load_mixture
 from ual.formats import convert, detect_format, turns
 from ual.train import main as train_main
 
-NO_MODEL = "no/such/model-dir"  # a model that cannot load: errors must come from the data, earlier
+EMPTY_MODEL = "empty-model"  # an empty folder: loading it would fail, so errors must come from the data, earlier
 
 
 def gsm_rows(n=4, overrides=None):
@@ -30,8 +30,9 @@ _DROP = object()
 
 
 def recipe(tmp_path, data_files, **extra) -> str:
+    (tmp_path / EMPTY_MODEL).mkdir(exist_ok=True)
     body = {
-        "model_name_or_path": NO_MODEL,
+        "model_name_or_path": str(tmp_path / EMPTY_MODEL),
         "output_dir": str(tmp_path / "out"),
         "use_cpu": True,
         "bf16": False,
@@ -152,11 +153,15 @@ def test_format_must_match_columns(tmp_path):
         load_mixture([UALDatasetConfig(path=str(data), format="alpaca")], cpu_config(tmp_path))
 
 
-def test_mixture_of_different_shapes_is_refused(tmp_path):
+def test_mixture_of_different_shapes_needs_assistant_only_loss(tmp_path):
     gsm = write_jsonl(tmp_path / "g.jsonl", gsm_rows())
     chat = write_jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "uncertainty": 80.0}])
-    with pytest.raises(ValueError, match="share one shape"):
-        load_mixture([UALDatasetConfig(path=str(gsm)), UALDatasetConfig(path=str(chat))], cpu_config(tmp_path))
+    entries = [UALDatasetConfig(path=str(gsm)), UALDatasetConfig(path=str(chat))]
+    with pytest.raises(ValueError, match="share one shape.*assistant_only_loss: true"):
+        load_mixture(entries, cpu_config(tmp_path))
+    mixed = load_mixture(entries, cpu_config(tmp_path, assistant_only_loss=True))
+    assert mixed.column_names[0] == "messages" or "messages" in mixed.column_names
+    assert [m["role"] for m in mixed[0]["messages"]] == ["user", "assistant"] and len(mixed) == 5
 
 
 def test_cli_flags_override_the_recipe(tmp_path):
@@ -164,7 +169,7 @@ def test_cli_flags_override_the_recipe(tmp_path):
 
     data = write_jsonl(tmp_path / "ok.jsonl", gsm_rows())
     args, model_args, data_args = parse_args([recipe(tmp_path, [data], smoothing_mean=0.2), "--smoothing_mean", "0.3"])
-    assert args.smoothing_mean == 0.3 and model_args.model_name_or_path == NO_MODEL
+    assert args.smoothing_mean == 0.3 and model_args.model_name_or_path.endswith(EMPTY_MODEL)
     assert data_args.datasets[0].format == "gsm8k"
 
 
@@ -209,3 +214,27 @@ def test_converters():
     assert detect_format(["question", "answer", "uncertainty"]) == "gsm8k"
     assert detect_format(["prompt", "completion"]) == "prompt_completion"
     assert [t["role"] for t in turns({"instruction": "a", "input": "", "output": "b"}, "auto")] == ["user", "assistant"]
+
+
+@pytest.mark.parametrize(
+    "extra, error, message",
+    [
+        ({"model_name_or_path": "mistralai/Mistral-7B-v0.1"}, FileNotFoundError, "not a local folder and HF_HUB_OFFLINE is set.*hf download"),
+        ({"use_peft": True, "lora_target_modules": ["q_proj", "lm_head"]}, ValueError, "lora_target_modules includes 'lm_head'"),
+    ],
+)
+def test_model_mistakes_fail_before_loading(tmp_path, extra, error, message, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = write_jsonl(tmp_path / "ok.jsonl", gsm_rows())
+    with pytest.raises(error, match=message):
+        train_main([recipe(tmp_path, [data], **extra)])
+
+
+def test_qlora_without_bitsandbytes_is_a_clear_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    data = write_jsonl(tmp_path / "ok.jsonl", gsm_rows())
+    with pytest.raises(ImportError, match="needs bitsandbytes"):
+        train_main([recipe(tmp_path, [data], use_peft=True, load_in_4bit=True)])

@@ -155,11 +155,8 @@ def load_mixture(entries: list[UALDatasetConfig], args) -> Dataset:
             desc=f"Converting {source} ({fmt})",
         )
         loaded.append(ds)
-    if len({v for v in shapes.values()}) > 1:
-        raise ValueError(
-            "the datasets of a mixture must share one shape after conversion, got "
-            + "; ".join(f"{k}: {'/'.join(v)}" for k, v in shapes.items())
-        )
+    if len(set(shapes.values())) > 1:
+        loaded = _to_messages(loaded, list(shapes), args)
     fractions = [e.fraction for e in entries]
     if any(f is not None for f in fractions):
         if any(f is None for f in fractions):
@@ -168,6 +165,31 @@ def load_mixture(entries: list[UALDatasetConfig], args) -> Dataset:
         total = min(len(ds) / w for ds, w in zip(loaded, weights) if w > 0)
         loaded = [ds.select(range(round(w * total))) for ds, w in zip(loaded, weights)]
     return concatenate_datasets(loaded)
+
+
+def _to_messages(loaded: list[Dataset], names: list[str], args) -> list[Dataset]:
+    """Mix ``messages`` with conversational prompt/completion data by turning the latter into messages.
+
+    Only with ``assistant_only_loss``: it then trains exactly the completion tokens, as completion-only loss
+    would have; without it the prompts would silently start counting in the loss.
+    """
+    shapes = {name: ds.column_names for name, ds in zip(names, loaded)}
+    if not args.assistant_only_loss or any("text" in cols for cols in shapes.values()):
+        raise ValueError(
+            "the datasets of a mixture must share one shape after conversion, got "
+            + "; ".join(f"{k}: {'/'.join(c for c in v if c in ('messages', 'prompt', 'completion', 'text'))}" for k, v in shapes.items())
+            + ". To mix conversations with prompt/completion data set `assistant_only_loss: true` (needs a chat "
+            "template with {% generation %} markers); the prompt/completion rows are then trained as messages."
+        )
+    out = []
+    for name, ds in zip(names, loaded):
+        if "messages" not in ds.column_names:
+            first = ds[0]
+            if isinstance(first["prompt"], str):
+                raise ValueError(f"{name}: plain-text prompt/completion rows cannot be mixed with conversations")
+            ds = ds.map(lambda row: {"messages": row["prompt"] + row["completion"]}, remove_columns=["prompt", "completion"])
+        out.append(ds)
+    return out
 
 
 @dataclass

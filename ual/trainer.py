@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import ModelOutput
 from trl import SFTTrainer, pack_dataset
 from trl.trainer.utils import maybe_gather_lm_head_ctx
@@ -91,6 +92,14 @@ def add_smoothed_lm_head(model, convention: str, chunk_size: int | None) -> None
     model.forward = types.MethodType(forward, model)
 
 
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 class UALTrainer(SFTTrainer):
     """SFTTrainer whose loss gives every sample its own label smoothing, derived from its uncertainty."""
 
@@ -133,6 +142,7 @@ class UALTrainer(SFTTrainer):
             for source, stats in self.smoothing_report.per_source.items():
                 logger.info("UAL smoothing for %s: %s", source, stats)
         self.dropped_samples: dict[str, int] = {}
+        eps_sum = float(sum(train_dataset[SAMPLE_SMOOTHING])) if self.smoothing_report is not None else 0.0
 
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, **kwargs)
@@ -151,6 +161,52 @@ class UALTrainer(SFTTrainer):
             convention=args.smoothing_convention,
             chunk_size=args.loss_chunk_size,
         )
+        if self.smoothing_report is not None:
+            self._check_ranks_agree(eps_sum)
+
+    def _check_ranks_agree(self, eps_sum: float) -> None:
+        """Every rank must have fitted the same mapping on the same samples (it is fitted before sharding)."""
+        m = self.smoothing_map
+        local = torch.tensor(
+            [[m.scale, m.offset, m.lo, m.hi, m.unit, eps_sum]], dtype=torch.float64, device=self.accelerator.device
+        )
+        ranks = self.accelerator.gather(local)
+        if not torch.allclose(ranks, ranks[:1].expand_as(ranks), rtol=1e-9, atol=1e-12):
+            raise RuntimeError(
+                "the smoothing mapping differs between ranks (the ranks loaded different training data?): "
+                f"{ranks.tolist()}"
+            )
+        logger.info(
+            "smoothing mapping identical on all %d rank(s): scale=%.6g, sum of eps over %d samples=%.6f",
+            ranks.shape[0], m.scale, len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else -1, eps_sum,
+        )
+
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """Refuse to resume a checkpoint trained with other smoothing settings or another mapping."""
+        if resume_from_checkpoint:
+            path = resume_from_checkpoint
+            if path is True:
+                path = get_last_checkpoint(self.args.output_dir)
+            if path is not None and self.smoothing_report is not None:
+                self._check_resume(path)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _check_resume(self, checkpoint: str) -> None:
+        saved_path = os.path.join(checkpoint, SETTINGS_FILE)
+        if not os.path.isfile(saved_path):
+            raise ValueError(f"cannot resume from {checkpoint}: it has no {SETTINGS_FILE} (not a UALTrainer checkpoint)")
+        with open(saved_path) as f:
+            saved = json.load(f)
+        now = {"settings": self.args.smoothing_settings(), "mapping": self.smoothing_report.mapping}
+        then = {"settings": saved["settings"], "mapping": saved["statistics"]["mapping"]}
+        diffs = [
+            f"{part}.{key}: checkpoint {then[part].get(key)!r}, now {value!r}"
+            for part in ("settings", "mapping")
+            for key, value in now[part].items()
+            if not _same(then[part].get(key), value)
+        ]
+        if diffs:
+            raise ValueError(f"cannot resume from {checkpoint} with different smoothing: " + "; ".join(diffs))
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         if SAMPLE_SMOOTHING not in dataset.column_names:  # an eval set: apply the mapping fitted on train
