@@ -1,4 +1,4 @@
-"""The ``ual`` console command: ``ual train RECIPE.yaml [--key value ...]`` and ``ual score INPUT --output OUT``.
+"""The ``ual`` console command: ``ual train RECIPE.yaml ...`` (through accelerate) and ``ual score INPUT --output OUT``.
 
 Each subcommand owns its parser (``ual.train`` is TRL's TrlParser, ``ual.score`` an argparse parser), so this
 module only picks one by name.
@@ -11,7 +11,9 @@ import sys
 USAGE = """usage: ual COMMAND ...
 
 commands:
-  train RECIPE.yaml [--key value ...]   train with per-sample smoothing (same as python -m ual.train)
+  train RECIPE.yaml [OVERLAY.yaml ...] [--key value ...] [--dry-run]
+                                        train with per-sample smoothing through `accelerate launch`
+                                        (the recipe's accelerate_config / num_processes; printed first)
   score INPUT --output OUTPUT [...]     elicit per-sample uncertainty from a judge (same as python -m ual.score)
 
 `ual COMMAND --help` shows a command's options."""
@@ -24,10 +26,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "train":
-        from ual.train import main as train
+        if {"-h", "--help"} & set(rest):
+            from ual.train import main as train
 
-        train(rest)
-        return 0
+            train(rest)
+            return 0
+        from ual.launch import main as launch
+
+        return launch(rest)
     if command == "score":
         from ual.score.cli import main as score
 

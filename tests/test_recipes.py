@@ -1,0 +1,132 @@
+"""Every recipe, overlay and launch config ships in a state the pinned libraries accept."""
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from ual.launch import build_command, known_configs
+from ual.launch import main as launch_main
+from ual.recipe import load_recipe
+from ual.train import parse_args
+
+RECIPES = REPO / "recipes"
+SCENARIOS = ["high_entropy", "low_entropy", "mixed"]
+BASELINES = [None, "baselines/sft.yaml", "baselines/ls.yaml"]
+VARIANTS = [None, "variants/qlora.yaml", "variants/full_zero3.yaml", "variants/qwen2.5-7b.yaml"]
+CONFIGS = sorted(p.stem for p in (REPO / "accelerate_configs").glob("*.yaml"))
+
+
+def stack(scenario, baseline, variant):
+    return [str(RECIPES / f"{scenario}.yaml")] + [str(RECIPES / p) for p in (baseline, variant) if p]
+
+
+@pytest.mark.parametrize("scenario, baseline, variant", list(itertools.product(SCENARIOS, BASELINES, VARIANTS)))
+def test_every_scenario_method_variant_parses_with_no_unknown_key(scenario, baseline, variant):
+    # --use_cpu only because this machine has no GPU (bf16 otherwise refuses to parse)
+    args, model_args, data_args = parse_args([*stack(scenario, baseline, variant), "--use_cpu", "true"])
+    expected = {None: "uncertainty", "baselines/sft.yaml": "none", "baselines/ls.yaml": "constant"}[baseline]
+    assert args.smoothing_strategy == expected
+    assert args.smoothing_mean == pytest.approx(0.1) and args.seed == 1337 and args.max_length == 768
+    assert data_args.datasets and all(d.path.startswith("data/") for d in data_args.datasets)
+    processes = load_recipe(stack(scenario, baseline, variant))[1]["num_processes"]
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * processes == 64, "effective batch 64"
+    if variant == "variants/full_zero3.yaml":
+        assert not model_args.use_peft
+    else:
+        assert model_args.use_peft and model_args.lora_r == 8 and model_args.lora_target_modules == ["q_proj", "v_proj"]
+    assert model_args.load_in_4bit == (variant == "variants/qlora.yaml")
+    assert args.warmup_steps == pytest.approx(0.03)
+    assert Path(args.output_dir).name == "+".join(Path(p).stem for p in stack(scenario, baseline, variant))
+
+
+def test_tiny_recipe_parses_and_points_at_shipped_files():
+    args, model_args, data_args = parse_args([str(RECIPES / "tiny.yaml")])
+    assert (REPO / model_args.model_name_or_path / "config.json").exists()
+    assert all((REPO / d.path).exists() for d in data_args.datasets)
+    assert args.use_cpu and not args.bf16
+
+
+def test_chat_template_marks_assistant_turns(tokenizer):
+    template = (RECIPES / "templates" / "user_assistant.jinja").read_text()
+    out = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+        chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+    )
+    trained = tokenizer.decode([t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m])
+    assert trained == "4" + tokenizer.eos_token
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_accelerate_configs_load_with_accelerates_own_classes(name):
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+
+    config = load_config_from_file(str(REPO / "accelerate_configs" / f"{name}.yaml"))
+    assert isinstance(config, ClusterConfig) and config.num_processes >= 1
+    if config.distributed_type == "DEEPSPEED":
+        ds_file = config.deepspeed_config["deepspeed_config_file"]
+        assert (REPO / ds_file).exists() and config.mixed_precision in (None, "no")
+
+
+@pytest.mark.parametrize("name", ["zero2", "zero3", "zero3_offload"])
+def test_deepspeed_json_is_accepted_by_deepspeed(name):
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    args, _, _ = parse_args([str(RECIPES / "mixed.yaml"), "--use_cpu", "true"])
+    hf = HfTrainerDeepSpeedConfig(str(REPO / "accelerate_configs" / "deepspeed" / f"{name}.json"))
+    raw = json.loads((REPO / "accelerate_configs" / "deepspeed" / f"{name}.json").read_text())
+    assert raw["gradient_accumulation_steps"] == "auto", "accumulation comes from the recipe, never the JSON"
+    hf.trainer_config_process(args)
+    ds = DeepSpeedConfig(dict(hf.config))
+    assert ds.zero_optimization_stage == (2 if name == "zero2" else 3)
+    assert ds.gradient_accumulation_steps == args.gradient_accumulation_steps
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_dry_run_prints_the_launch_command_for_each_config(tmp_path, name, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    overlay = tmp_path / "launch.yaml"
+    overlay.write_text(f"accelerate_config: {name}\nnum_processes: 2\n")
+    assert launch_main(["recipes/tiny.yaml", str(overlay), "--max_steps", "3", "--dry-run"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == (
+        f"accelerate launch --config_file accelerate_configs/{name}.yaml --num_processes 2 "
+        f"-m ual.train recipes/tiny.yaml {overlay} --max_steps 3"
+    )
+
+
+def test_recipe_launch_keys_drive_the_command(monkeypatch):
+    monkeypatch.chdir(REPO)
+    cmd, config, processes = build_command(["recipes/mixed.yaml", "recipes/variants/qlora.yaml"])
+    assert cmd[cmd.index("--config_file") + 1] == "accelerate_configs/single_gpu.yaml" and processes == 1
+    assert cmd[-4:] == ["-m", "ual.train", "recipes/mixed.yaml", "recipes/variants/qlora.yaml"]
+
+
+def test_unknown_config_name_lists_the_known_ones(tmp_path, capsys):
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text("accelerate_config: zero9\n")
+    assert launch_main([str(RECIPES / "tiny.yaml"), str(overlay), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown name 'zero9'" in err and all(name in err for name in known_configs())
+
+
+def test_more_processes_than_gpus_is_refused_before_launch(tmp_path, capsys):
+    import torch
+
+    overlay = tmp_path / "many.yaml"
+    overlay.write_text(f"accelerate_config: multi_gpu\nnum_processes: {torch.cuda.device_count() + 1}\n")
+    assert launch_main([str(RECIPES / "tiny.yaml"), str(overlay)]) == 2
+    assert "GPU(s)" in capsys.readouterr().err
+
+
+def test_base_chain_and_loops(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nlearning_rate: 1.0\n")
+    (tmp_path / "b.yaml").write_text("learning_rate: 2.0\nseed: 3\n")
+    config, _ = load_recipe([tmp_path / "a.yaml"])
+    assert config["learning_rate"] == 1.0 and config["seed"] == 3
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match="loops back"):
+        load_recipe([tmp_path / "a.yaml"])

@@ -1,0 +1,102 @@
+"""``ual train RECIPE.yaml [OVERLAY.yaml ...] [--key value ...] [--dry-run]``: build and run ``accelerate launch``.
+
+Like ``trl sft``, the recipe may name its launch setup: ``accelerate_config`` (a file name from
+accelerate_configs/, or a path) and ``num_processes``. The exact command is printed, then run;
+``--dry-run`` only prints it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from .recipe import load_recipe, split_argv
+
+# accelerate_configs/ of a source checkout (editable install); a config path works from anywhere.
+CONFIG_DIRS = (Path(__file__).resolve().parent.parent / "accelerate_configs", Path.cwd() / "accelerate_configs")
+
+
+def known_configs() -> list[str]:
+    names = set()
+    for folder in CONFIG_DIRS:
+        if folder.is_dir():
+            names.update(p.stem for p in folder.glob("*.yaml"))
+    return sorted(names)
+
+
+def resolve_config(name: str) -> Path:
+    """A config name (``deepspeed_zero3``) or a path to an accelerate config file."""
+    path = Path(name).expanduser()
+    if path.suffix in (".yaml", ".yml") or "/" in name:
+        if not path.is_file():
+            raise FileNotFoundError(f"accelerate_config: {name} does not exist")
+        return path
+    for folder in CONFIG_DIRS:
+        candidate = folder / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    raise ValueError(f"accelerate_config: unknown name {name!r}; known: {', '.join(known_configs())}")
+
+
+def check_devices(config: dict, num_processes: int) -> None:
+    """A single-machine GPU config cannot start more processes than there are GPUs."""
+    if config.get("use_cpu") or config.get("num_machines", 1) != 1:
+        return
+    import torch
+
+    available = torch.cuda.device_count()
+    if num_processes > available:
+        raise ValueError(
+            f"num_processes={num_processes} but this machine has {available} GPU(s); lower num_processes, "
+            "or use accelerate_configs/cpu_ddp.yaml to try the distributed path on a CPU"
+        )
+
+
+def build_command(argv: list[str]) -> tuple[list[str], dict | None, int | None]:
+    """The ``accelerate launch`` command for a ``ual train`` command line; also the config and process count."""
+    recipes, flags = split_argv(argv)
+    if not recipes:
+        raise SystemExit("usage: ual train RECIPE.yaml [OVERLAY.yaml ...] [--key value ...] [--dry-run]")
+    _, launcher = load_recipe(recipes)
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    cmd = [accelerate, "launch"] if accelerate else [sys.executable, "-m", "accelerate.commands.launch"]
+    config = None
+    if "accelerate_config" in launcher:
+        path = resolve_config(str(launcher["accelerate_config"]))
+        config = yaml.safe_load(path.read_text()) or {}
+        shown = os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd()) else str(path)
+        cmd += ["--config_file", shown]
+    num_processes = launcher.get("num_processes")
+    if num_processes is not None:
+        cmd += ["--num_processes", str(int(num_processes))]
+    elif config is not None:
+        num_processes = config.get("num_processes")
+    return [*cmd, "-m", "ual.train", *recipes, *flags], config, num_processes
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    dry_run = "--dry-run" in argv
+    argv = [a for a in argv if a != "--dry-run"]
+    try:
+        cmd, config, num_processes = build_command(argv)
+        if not dry_run and config is not None and num_processes is not None:
+            check_devices(config, int(num_processes))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"ual train: {err}", file=sys.stderr)
+        return 2
+    printable = shlex.join(["accelerate", "launch", *cmd[2:]] if cmd[1] == "launch" else cmd)
+    print(printable, flush=True)
+    if dry_run:
+        return 0
+    return subprocess.call(cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
