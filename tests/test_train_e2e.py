@@ -46,3 +46,11 @@ def test_tiny_recipe_trains_end_to_end_and_its_loss_falls(tmp_path):
     ids = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
     generated = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_ual_train_prints_and_runs_the_accelerate_command(tmp_path):
+    out = tmp_path / "launched"
+    log = run([sys.executable, "-m", "ual.cli", "train", "recipes/tiny.yaml", "--max_steps", "3",
+               "--save_strategy", "no", "--output_dir", str(out)], tmp_path)
+    assert log.splitlines()[0] == f"accelerate launch -m ual.train recipes/tiny.yaml --max_steps 3 --save_strategy no --output_dir {out}"
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
