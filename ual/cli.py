@@ -1,4 +1,4 @@
-"""The ``ual`` console command: ``ual train RECIPE.yaml ...`` (through accelerate) and ``ual score INPUT --output OUT``.
+"""The ``ual`` console command: ``ual train`` (through accelerate), ``ual score``, ``ual eval``, ``ual analyze``, ``ual report``.
 
 Each subcommand owns its parser (``ual.train`` is TRL's TrlParser, ``ual.score`` an argparse parser), so this
 module only picks one by name.
@@ -15,6 +15,11 @@ commands:
                                         train with per-sample smoothing through `accelerate launch`
                                         (the recipe's accelerate_config / num_processes; printed first)
   score INPUT --output OUTPUT [...]     elicit per-sample uncertainty from a judge (same as python -m ual.score)
+  eval {gsm8k,metamath,alpacaeval} --model PATH [...]
+                                        evaluate a trained model or adapter (docs/eval.md)
+  analyze clustering --model A --model B [...]
+                                        the paper's token-clustering analysis (silhouettes, plots)
+  report RUN_DIR [RUN_DIR ...]          one table of every run's eval results and smoothing
 
 `ual COMMAND --help` shows a command's options."""
 
@@ -34,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         from ual.launch import main as launch
 
         return launch(rest)
+    if command in ("eval", "analyze", "report"):
+        from ual.eval.cli import main as evaluate
+
+        return evaluate(argv)
     if command == "score":
         from ual.score.cli import main as score
 

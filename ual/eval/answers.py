@@ -22,6 +22,7 @@ _ANCHORS = (
 )
 _NUMBER_COMMAS = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
+_WORD = re.compile(r"[A-Za-z]{2,}")  # prose, which read as LaTeX would become a product of letters
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def _anchor_span(text: str) -> tuple[str, str] | None:
 def _parse_span(span: str) -> list:
     """Parse a short answer span. Bare LaTeX (``2\\sqrt{3}``, ``\\frac{3}{4}``) is read as maths; plain text
     as math-verify reads prose (``18 dollars`` is 18: wrapped in ``$`` it would be a product of letters);
-    what prose parsing cannot read (``(1,2)``) gets a second try as maths."""
+    what prose parsing cannot read and has no words (``(1,2)``) gets a second try as maths."""
     if not span:
         return []
     if "\\" in span and "$" not in span:
@@ -62,7 +63,7 @@ def _parse_span(span: str) -> list:
         if parsed:
             return parsed
     parsed = parse(span)
-    if not parsed and "$" not in span:
+    if not parsed and "$" not in span and not _WORD.search(span):
         parsed = parse(f"${span}$")
     return parsed
 

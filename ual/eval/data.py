@@ -34,7 +34,7 @@ def _read_local(path: Path) -> list[dict]:
         if suffix == ".jsonl":
             rows = []
             with path.open(encoding="utf-8") as f:
-                for i, line in enumerate(f):
+                for line in f:
                     if line.strip():
                         rows.append(json.loads(line))
             return rows

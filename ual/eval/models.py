@@ -114,7 +114,9 @@ def load_tokenizer(spec: ModelSpec):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load a tokenizer from {source!r}: {e}") from None
+        flag = "--adapter" if source == spec.adapter else "--model"
+        where = "" if Path(source).expanduser().exists() else " (not a local directory; tried as a hub id)"
+        raise UsageError(f"{flag} {source!r}: cannot load its tokenizer{where}: {e}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
