@@ -15,12 +15,7 @@ from ual.eval.clustering import next_token_positions, pair_scores, subsample, to
 from ual.eval.models import ModelSpec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(tmp, model_path, out_name, peft_config=None):

@@ -215,3 +215,29 @@ def test_lora_trains_and_lm_head_adapter_is_refused(tmp_path, tiny_model_path):
             train_dataset=trl_dataset(rows),
             peft_config=LoraConfig(r=4, target_modules=["q_proj", "lm_head"]),
         )
+
+
+@pytest.mark.parametrize("shape", ["messages", "prompt_completion_plain", "text"])
+def test_other_dataset_shapes_carry_eps_per_sample(tmp_path, tiny_model_path, shape):
+    rows = raw_rows(6)
+    data = []
+    for r in rows:
+        if shape == "messages":
+            ex = {"messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]}
+        elif shape == "prompt_completion_plain":
+            ex = {"prompt": r["instruction"] + "\n", "completion": r["output"]}
+        else:
+            ex = {"text": r["instruction"] + " " + r["output"]}
+        data.append({**ex, "smoothing": r["smoothing"]})
+    args = cpu_config(tmp_path, smoothing_strategy="explicit", per_device_train_batch_size=3,
+                      assistant_only_loss=shape == "messages", max_length=512)
+    trainer = UALTrainer(model=tiny_model_path, args=args, train_dataset=Dataset.from_list(data))
+    seen = []
+    for batch in trainer.get_train_dataloader():
+        for ids, eps, labels in segments(batch):
+            trained = labels != -100
+            assert trained.any() and torch.unique(eps).numel() == 1, "one sample, one eps"
+            if shape == "messages":  # assistant-only: the user turn is not trained
+                assert not trained[:3].any()
+            seen.append(round(float(eps[0]), 4))
+    assert sorted(seen) == sorted(r["smoothing"] for r in rows)

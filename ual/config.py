@@ -83,8 +83,8 @@ class UALConfig(SFTConfig):
     loss_chunk_size: int | None = field(
         default=None,
         metadata={
-            "help": "Tokens per chunk of the smoothed loss head. None: about 2**25 logits per chunk "
-            "(128 MiB of float32 whatever the vocabulary)."
+            "help": "Tokens per chunk of the smoothed loss head. None: about 2**24 logits per chunk (64 MiB of "
+            "float32), at least 512 tokens (measured in docs/benchmarks.md)."
         },
     )
 

@@ -4,9 +4,12 @@ loss_t = (1 - eps_t) * NLL_t + eps_t * U_t, where U_t is the cross-entropy again
 - ``uniform`` (PyTorch / transformers' LabelSmoother): eps/V on every entry, U = lse(z) - mean(z);
 - ``paper`` (the UAL authors'): eps/(V-1) on each non-gold entry, U = lse(z) - (sum(z) - z_y)/(V-1).
 
-Only trained positions are passed in. The forward keeps the log-sum-exp per token; the backward
-recomputes each chunk's logits and uses dL/dz = softmax(z) - target, so peak extra memory is one
-[chunk, V] float32 block (plus its exp) whatever the sequence length.
+Only trained positions are passed in, a chunk of tokens at a time, so the extra memory is two [chunk, V]
+float32 blocks whatever the sequence length. dL/dz = softmax(z) - target is known as soon as a chunk's
+logits are, so when gradients will be needed the forward also forms the three gradient products for a
+unit upstream gradient (3 matrix products in all, the floor). The backward scales them: exact whenever the
+upstream gradient is the same for every token, which it is for any sum-or-mean loss (the trainer's). For
+any other weighting the backward recomputes each chunk's logits instead (4 products).
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from dataclasses import dataclass
 import torch
 
 CONVENTIONS = ("paper", "uniform")
-# Default chunk holds about 2**25 logits (128 MiB in float32) whatever the vocabulary.
-DEFAULT_CHUNK_ELEMENTS = 2**25
+# Default chunk (measured, docs/benchmarks.md): about 2**24 logits (64 MiB of float32), but never fewer than
+# 512 tokens: each chunk streams the whole [V, H] weight, so short chunks turn the products memory-bound.
+DEFAULT_CHUNK_ELEMENTS = 2**24
+MIN_CHUNK_TOKENS = 512
 
 
 def default_chunk_size(vocab_size: int) -> int:
-    return max(1, DEFAULT_CHUNK_ELEMENTS // vocab_size)
+    return max(MIN_CHUNK_TOKENS, DEFAULT_CHUNK_ELEMENTS // vocab_size)
 
 
 @dataclass
@@ -53,9 +58,38 @@ def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
 
 
+def _soft_target_grad_(p: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor, convention: str) -> torch.Tensor:
+    """softmax [n, V] -> dL/dz = softmax - target, in place (target: off-gold share everywhere, the rest at gold)."""
+    vocab = p.shape[1]
+    off_gold = eps / vocab if convention == "uniform" else eps / (vocab - 1)
+    at_gold = 1 - eps if convention == "uniform" else 1 - eps - off_gold
+    p.sub_(off_gold[:, None])
+    p[torch.arange(p.shape[0], device=p.device), labels] -= at_gold
+    return p
+
+
+class _GradProducts:
+    """Accumulates dL/dhidden, dL/dweight, dL/dbias chunk by chunk (weight and bias in float32 or wider)."""
+
+    def __init__(self, hidden, weight, bias, needs):
+        acc = torch.promote_types(weight.dtype, torch.float32)
+        self.hidden = torch.empty_like(hidden) if needs[0] else None
+        self.weight = torch.zeros(weight.shape, device=weight.device, dtype=acc) if needs[1] else None
+        self.bias = torch.zeros(weight.shape[0], device=weight.device, dtype=acc) if needs[2] else None
+
+    def add(self, dz, s, e, hidden, weight):
+        if self.bias is not None:
+            self.bias += dz.sum(0)
+        dz = dz.to(weight.dtype)
+        if self.hidden is not None:
+            self.hidden[s:e] = (dz @ weight).to(self.hidden.dtype)
+        if self.weight is not None:
+            _addmm_fp32(self.weight, dz.t(), hidden[s:e].to(weight.dtype))
+
+
 class _SmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, smoothing, convention, chunk_size, logit_scale):
+    def forward(ctx, hidden, weight, bias, labels, smoothing, convention, chunk_size, logit_scale, precompute):
         n_tokens, vocab = hidden.shape[0], weight.shape[0]
         acc_dtype = torch.promote_types(weight.dtype, torch.float32)
         loss = torch.empty(n_tokens, device=hidden.device, dtype=acc_dtype)
@@ -63,65 +97,68 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         entropy = torch.empty_like(loss)
         is_top1 = torch.empty(n_tokens, device=hidden.device, dtype=torch.bool)
         eps = smoothing.to(acc_dtype)
+        grads = _GradProducts(hidden, weight, bias, ctx.needs_input_grad[:3]) if precompute else None
         for s in range(0, n_tokens, chunk_size):
             e = min(s + chunk_size, n_tokens)
-            z = _logits(hidden[s:e], weight, bias, logit_scale)
+            z = _logits(hidden[s:e], weight, bias, logit_scale)  # block 1: [chunk, V]
             y = labels[s:e]
-            lse_c = torch.logsumexp(z, dim=-1)
             z_y = z.gather(1, y[:, None]).squeeze(1)
             sum_z = z.sum(-1)
+            z_max, argmax = z.max(-1)
+            is_top1[s:e] = argmax == y
+            z.sub_(z_max[:, None])
+            p = torch.exp(z)  # block 2, the only other one
+            sum_p = p.sum(-1)
+            p.div_(sum_p[:, None])  # softmax
+            lse_c = z_max + sum_p.log()
+            # entropy = -sum(softmax * log softmax), log softmax = (z - z_max) - log(sum_p); a batched dot, no block
+            entropy[s:e] = sum_p.log() - (p[:, None, :] @ z[:, :, None]).view(-1)
+            del z
             nll = lse_c - z_y
-            if convention == "uniform":
-                uni = lse_c - sum_z / vocab
-            else:
-                uni = lse_c - (sum_z - z_y) / (vocab - 1)
-            loss[s:e] = (1 - eps[s:e]) * nll + eps[s:e] * uni
+            uniform_part = lse_c - sum_z / vocab if convention == "uniform" else lse_c - (sum_z - z_y) / (vocab - 1)
+            loss[s:e] = (1 - eps[s:e]) * nll + eps[s:e] * uniform_part
             lse[s:e] = lse_c
-            is_top1[s:e] = z.argmax(-1) == y
-            z.sub_(lse_c[:, None])  # log p, in place
-            entropy[s:e] = -(z.exp() * z).sum(-1)
+            if grads is not None:  # dL/dz for a unit upstream gradient, then its three products
+                grads.add(_soft_target_grad_(p, y, eps[s:e], convention).mul_(logit_scale), s, e, hidden, weight)
+            del p
         ctx.save_for_backward(hidden, weight, bias, labels, eps, lse)
-        ctx.convention, ctx.chunk_size, ctx.logit_scale = convention, chunk_size, logit_scale
+        ctx.convention, ctx.chunk_size, ctx.logit_scale, ctx.grads = convention, chunk_size, logit_scale, grads
         ctx.mark_non_differentiable(entropy, is_top1)
         return loss, entropy, is_top1
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
-        from trl.trainer.utils import maybe_gather_lm_head_ctx
+        grads, ctx.grads = ctx.grads, None
+        g = grad_loss.to(ctx.saved_tensors[5].dtype)
+        if grads is not None and (g.numel() == 0 or bool((g == g[0]).all())):
+            g0 = g[0] if g.numel() else g.new_zeros(())
+            return (
+                grads.hidden * g[:, None].to(grads.hidden.dtype) if grads.hidden is not None else None,
+                (grads.weight * g0).to(ctx.saved_tensors[1].dtype) if grads.weight is not None else None,
+                (grads.bias * g0).to(ctx.saved_tensors[2].dtype) if grads.bias is not None else None,
+                *([None] * 6),
+            )
+        return _recompute_backward(ctx, g)
 
-        hidden, weight, bias, labels, eps, lse = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        n_tokens = hidden.shape[0]
-        with maybe_gather_lm_head_ctx(weight, bias):
-            vocab = weight.shape[0]
-            grad_h = torch.empty_like(hidden) if need_h else None
-            # Accumulate the weight gradient in float32 across chunks, like TRL's fused head.
-            acc_dtype = lse.dtype
-            grad_w = torch.zeros(weight.shape, device=weight.device, dtype=acc_dtype) if need_w else None
-            grad_b = torch.zeros(vocab, device=weight.device, dtype=acc_dtype) if need_b else None
-            off_gold = eps / vocab if ctx.convention == "uniform" else eps / (vocab - 1)
-            # dL/dz = softmax(z) - target; target = off_gold everywhere plus this much more at the gold token.
-            at_gold = 1 - eps if ctx.convention == "uniform" else 1 - eps - off_gold
-            scale = grad_loss.to(lse.dtype) * ctx.logit_scale
-            for s in range(0, n_tokens, ctx.chunk_size):
-                e = min(s + ctx.chunk_size, n_tokens)
-                dz = _logits(hidden[s:e], weight, bias, ctx.logit_scale)
-                dz.sub_(lse[s:e, None]).exp_().sub_(off_gold[s:e, None])
-                dz[torch.arange(e - s, device=dz.device), labels[s:e]] -= at_gold[s:e]
-                dz.mul_(scale[s:e, None])
-                if need_b:
-                    grad_b += dz.sum(0)
-                dz = dz.to(weight.dtype)
-                if need_h:
-                    grad_h[s:e] = (dz @ weight).to(hidden.dtype)
-                if need_w:
-                    _addmm_fp32(grad_w, dz.t(), hidden[s:e].to(weight.dtype))
-        return (
-            grad_h,
-            grad_w.to(weight.dtype) if need_w else None,
-            grad_b.to(bias.dtype) if need_b else None,
-            None, None, None, None, None,
-        )
+
+def _recompute_backward(ctx, g):
+    """General upstream gradient: recompute each chunk's logits and weight dL/dz token by token."""
+    from trl.trainer.utils import maybe_gather_lm_head_ctx
+
+    hidden, weight, bias, labels, eps, lse = ctx.saved_tensors
+    with maybe_gather_lm_head_ctx(weight, bias):  # ZeRO-3: the weight was released after the forward
+        grads = _GradProducts(hidden, weight, bias, ctx.needs_input_grad[:3])
+        for s in range(0, hidden.shape[0], ctx.chunk_size):
+            e = min(s + ctx.chunk_size, hidden.shape[0])
+            p = _logits(hidden[s:e], weight, bias, ctx.logit_scale).sub_(lse[s:e, None]).exp_()
+            dz = _soft_target_grad_(p, labels[s:e], eps[s:e], ctx.convention)
+            grads.add(dz.mul_((g[s:e] * ctx.logit_scale)[:, None]), s, e, hidden, weight)
+    return (
+        grads.hidden,
+        grads.weight.to(weight.dtype) if grads.weight is not None else None,
+        grads.bias.to(bias.dtype) if grads.bias is not None else None,
+        *([None] * 6),
+    )
 
 
 def smoothed_cross_entropy(
@@ -147,7 +184,9 @@ def smoothed_cross_entropy(
             f"{tuple(labels.shape)}, {tuple(smoothing.shape)}"
         )
     chunk_size = chunk_size or default_chunk_size(weight.shape[0])
+    params = (hidden, weight) if bias is None else (hidden, weight, bias)
+    precompute = torch.is_grad_enabled() and any(t.requires_grad for t in params)
     loss, entropy, is_top1 = _SmoothedCrossEntropy.apply(
-        hidden, weight, bias, labels, smoothing, convention, chunk_size, logit_scale
+        hidden, weight, bias, labels, smoothing, convention, chunk_size, logit_scale, precompute
     )
     return SmoothedLossOutput(loss=loss, entropy=entropy, is_top1=is_top1)
