@@ -90,6 +90,16 @@ def add_usage(total: dict, usage: dict) -> None:
         total[name] = total.get(name, 0) + value
 
 
+def _settle_retry(out, first: ScoreParseError, reply) -> None:
+    """Record the reply to the reminder: its score, or a failure naming both unreadable replies."""
+    out.replies.append(reply.text)
+    add_usage(out.usage, reply.usage)
+    try:
+        out.score = parse_score(reply.text)
+    except ScoreParseError as second:
+        out.error = _reply_failure(first, second)
+
+
 def _reply_failure(first: ScoreParseError, second: ScoreParseError) -> str:
     return f"unreadable reply, also after the reminder: {second} (first reply: {first})"
 
@@ -106,13 +116,7 @@ async def ask_sample(judge, sample: Sample) -> Outcome:
             return out
         except ScoreParseError as first:
             out.reminded = True
-            again = await judge.ask(reminder_messages(sample.prompt, reply.text))
-            out.replies.append(again.text)
-            add_usage(out.usage, again.usage)
-            try:
-                out.score = parse_score(again.text)
-            except ScoreParseError as second:
-                out.error = _reply_failure(first, second)
+            _settle_retry(out, first, await judge.ask(reminder_messages(sample.prompt, reply.text)))
     except RequestFailed as exc:
         out.error = f"request failed: {exc}"
     return out
@@ -155,12 +159,7 @@ def run_batch_judge(judge, samples: list[Sample], on_outcome, batch_size: int) -
         if retry:
             again = judge.generate([reminder_messages(s.prompt, o.replies[0]) for s, o, _ in retry])
             for (_, out, first), reply in zip(retry, again):
-                out.replies.append(reply.text)
-                add_usage(out.usage, reply.usage)
-                try:
-                    out.score = parse_score(reply.text)
-                except ScoreParseError as second:
-                    out.error = _reply_failure(first, second)
+                _settle_retry(out, first, reply)
         for out in outcomes:
             on_outcome(out)
 
