@@ -142,7 +142,7 @@ class UALTrainer(SFTTrainer):
             for source, stats in self.smoothing_report.per_source.items():
                 logger.info("UAL smoothing for %s: %s", source, stats)
         self.dropped_samples: dict[str, int] = {}
-        eps_sum = float(sum(train_dataset[SAMPLE_SMOOTHING])) if self.smoothing_report is not None else 0.0
+        fitted_on = (len(train_dataset), float(sum(train_dataset[SAMPLE_SMOOTHING]))) if not skip else None
 
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, **kwargs)
@@ -162,13 +162,14 @@ class UALTrainer(SFTTrainer):
             chunk_size=args.loss_chunk_size,
         )
         if self.smoothing_report is not None:
-            self._check_ranks_agree(eps_sum)
+            self._check_ranks_agree(*fitted_on)
 
-    def _check_ranks_agree(self, eps_sum: float) -> None:
+    def _check_ranks_agree(self, n_samples: int, eps_sum: float) -> None:
         """Every rank must have fitted the same mapping on the same samples (it is fitted before sharding)."""
         m = self.smoothing_map
         local = torch.tensor(
-            [[m.scale, m.offset, m.lo, m.hi, m.unit, eps_sum]], dtype=torch.float64, device=self.accelerator.device
+            [[m.scale, m.offset, m.lo, m.hi, m.unit, n_samples, eps_sum]], dtype=torch.float64,
+            device=self.accelerator.device,
         )
         ranks = self.accelerator.gather(local)
         if not torch.allclose(ranks, ranks[:1].expand_as(ranks), rtol=1e-9, atol=1e-12):
@@ -178,7 +179,7 @@ class UALTrainer(SFTTrainer):
             )
         logger.info(
             "smoothing mapping identical on all %d rank(s): scale=%.6g, sum of eps over %d samples=%.6f",
-            ranks.shape[0], m.scale, len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else -1, eps_sum,
+            ranks.shape[0], m.scale, n_samples, eps_sum,
         )
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
