@@ -10,6 +10,7 @@ Variants (what a user of TRL 1.16 would otherwise run, and the floor):
   c  naive          full-logits per-sample smoothing (log_softmax over [N, V])
   d  ual_paper      this project's chunked per-sample smoothing, paper convention
   d  ual_uniform    the same, uniform convention
+  d  ual_*_compiled the same two with compiled=True: torch.compile fuses each chunk's elementwise work
   e  floor          the three products the head cannot avoid: logits, grad of hidden, grad of weight
 
 Every variant is first checked against a float64 full-logits reference at the benchmark's own size; a variant
@@ -35,7 +36,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-VARIANTS = ["trl_fused", "trl_ls", "naive", "ual_paper", "ual_uniform", "floor"]
+VARIANTS = ["trl_fused", "trl_ls", "naive", "ual_paper", "ual_uniform", "ual_paper_compiled", "ual_uniform_compiled",
+            "floor"]
 LS_EPS = 0.1
 
 
@@ -81,11 +83,12 @@ def run_variant(name, hidden, weight, labels, eps, chunk_size=None):
         nll = -logp.gather(1, labels[:, None]).squeeze(1)
         off = -(logp.sum(-1) + nll) / (weight.shape[0] - 1)
         loss = ((1 - eps) * nll + eps * off).sum() / n
-    elif name in ("ual_paper", "ual_uniform"):
+    elif name.startswith("ual_"):
         from ual.loss import smoothed_cross_entropy
 
         out = smoothed_cross_entropy(
-            hidden, weight, labels, eps, convention=name.split("_")[1], chunk_size=chunk_size
+            hidden, weight, labels, eps, convention=name.split("_")[1], chunk_size=chunk_size,
+            compiled=name.endswith("_compiled"),
         )
         loss = out.loss.sum() / n
     elif name == "floor":
@@ -112,7 +115,7 @@ def reference(name, hidden, weight, labels, eps):
         per = nll
     elif name == "trl_ls":
         per = (1 - LS_EPS) * nll - LS_EPS * logp.mean(-1)
-    elif name == "ual_uniform":
+    elif name.startswith("ual_uniform"):
         per = (1 - e) * nll - e * logp.mean(-1)
     else:  # paper convention: naive and ual_paper
         per = (1 - e) * nll + e * (-(logp.sum(-1) + nll) / (vocab - 1))
@@ -143,7 +146,8 @@ def sync(device):
 def time_variants(variants, n, h, v, dtype, device, repeats, chunk_size):
     hidden, weight, labels, eps = make_inputs(n, h, v, dtype, device)
     times = {name: [] for name in variants}
-    run_variant(variants[0], hidden, weight, labels, eps, chunk_size)  # warm-up (allocator, kernels)
+    for name in dict.fromkeys([variants[0], *(v for v in variants if v.endswith("_compiled"))]):
+        run_variant(name, hidden, weight, labels, eps, chunk_size)  # warm-up (allocator, kernels, compilation)
     for _ in range(repeats):
         order = list(variants)
         random.shuffle(order)

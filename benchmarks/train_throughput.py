@@ -1,11 +1,12 @@
 """Whole training steps: tokens/s and peak memory of SFTTrainer vs UALTrainer on the same model, data and batch.
 
-    python benchmarks/train_throughput.py                 # CPU: V=32000, hidden 384, 4 layers, fp32 (~8 min)
+    python benchmarks/train_throughput.py                 # CPU: V=32000, hidden 384, 4 layers, fp32 (~10 min)
     python benchmarks/train_throughput.py --hidden 512 --steps 30 --rounds 3
 
 Variants: sft_default (SFTTrainer, TRL's fused NLL head), sft_ls (SFTTrainer with label_smoothing_factor=0.1:
 full logits + LabelSmoother + a no-grad metrics pass), ual_constant (UALTrainer, eps = 0.1 for all) and
-ual_uncertainty (UALTrainer, the paper's mapping, mean 0.1). Each run is its own subprocess (so its peak memory
+ual_uncertainty (UALTrainer, the paper's mapping, mean 0.1), both with the default loss head (compiled on CUDA,
+eager on CPUs), and ual_uncertainty_compiled (the same with loss_compile=True, so CPUs show it too). Each run is its own subprocess (so its peak memory
 is its own); rounds interleave the variants in a shuffled order and the medians are reported with ratios to
 sft_default. The first steps of each run (warm-up) are not timed.
 """
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = ["sft_default", "sft_ls", "ual_constant", "ual_uncertainty"]
+VARIANTS = ["sft_default", "sft_ls", "ual_constant", "ual_uncertainty", "ual_uncertainty_compiled"]
 
 
 def build_model(out: Path, vocab: int, hidden: int, layers: int) -> None:
@@ -71,8 +72,9 @@ def child(variant: str, model_dir: str, steps: int, warmup: int, batch: int, max
         trainer = SFTTrainer(model=model_dir, args=args, train_dataset=dataset.remove_columns("uncertainty"))
     else:
         strategy = "constant" if variant == "ual_constant" else "uncertainty"
-        trainer = UALTrainer(model=model_dir, args=UALConfig(**common, smoothing_strategy=strategy,
-                                                             smoothing_mean=0.1), train_dataset=dataset)
+        compiled = True if variant.endswith("_compiled") else None  # None: the default for this device
+        args = UALConfig(**common, smoothing_strategy=strategy, smoothing_mean=0.1, loss_compile=compiled)
+        trainer = UALTrainer(model=model_dir, args=args, train_dataset=dataset)
 
     marks = {}
 
@@ -131,7 +133,7 @@ def main() -> None:
                     raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
                 res = json.loads(out.stdout.strip().splitlines()[-1])
                 results[name].append(res)
-                print(f"round {r} {name:16s} {res['tokens_per_s']:9.1f} tok/s  peak {res['peak_bytes'] / 2**20:8.1f} MiB",
+                print(f"round {r} {name:24s} {res['tokens_per_s']:9.1f} tok/s  peak {res['peak_bytes'] / 2**20:8.1f} MiB",
                       flush=True)
 
     import torch

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch._dynamo.utils
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
@@ -151,6 +152,30 @@ def test_smoothing_changes_the_loss_by_the_expected_amount(tmp_path, tiny_model_
     want = ((1 - e) * nll + e * off).sum() / mask.sum()
     assert float(loss) == pytest.approx(float(want), rel=1e-5)
     assert trainer._metrics["train"]["smoothing/mean"][-1] == pytest.approx(float(e.mean()), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_loss_head_trains_like_the_eager_one(tmp_path, tiny_model_path):
+    """loss_compile=True (torch.compile of the head's elementwise work) gives the eager step's loss and gradients."""
+    rows = raw_rows(5)
+    losses, grads = [], []
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]
+    compiled_before = graphs["unique_graphs"]
+    for compiled in (False, True):
+        trainer = make_trainer(tmp_path / str(compiled), tiny_model_path, rows, per_device_train_batch_size=5,
+                               loss_compile=compiled)
+        batch = next(iter(trainer.get_train_dataloader()))
+        model = trainer.model.train()
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(_grads(model))
+        assert (graphs["unique_graphs"] > compiled_before) == compiled  # the flag reaches the head, eager stays eager
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-6)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_gradient_accumulation_2x1_equals_batch_of_2(tmp_path, tiny_model_path):

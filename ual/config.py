@@ -88,6 +88,16 @@ class UALConfig(SFTConfig):
         },
     )
 
+    loss_compile: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Fuse the smoothed loss head's elementwise work with torch.compile (Triton on GPUs, C++ on CPUs): "
+            "the same loss, with a few passes over each chunk of logits instead of about eight, after a one-off "
+            "compilation at the first step. None: on when training on CUDA with Triton installed, off on CPUs, "
+            "where the compilation costs more than a short run saves (docs/benchmarks.md)."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         if self.smoothing_strategy not in STRATEGIES:

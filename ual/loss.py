@@ -9,7 +9,8 @@ float32 blocks whatever the sequence length. dL/dz = softmax(z) - target is know
 logits are, so when gradients will be needed the forward also forms the three gradient products for a
 unit upstream gradient (3 matrix products in all, the floor). The backward scales them: exact whenever the
 upstream gradient is the same for every token, which it is for any sum-or-mean loss (the trainer's). For
-any other weighting the backward recomputes each chunk's logits instead (4 products).
+any other weighting the backward recomputes each chunk's logits instead (4 products). With ``compiled``,
+torch.compile fuses each chunk's elementwise work into a few passes over the logits (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -39,13 +40,91 @@ class SmoothedLossOutput:
 
 
 def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, logit_scale: float) -> torch.Tensor:
+    """The chunk's logits: the raw product in the weight's dtype, or float32 (at least) once bias or scale apply."""
     z = h.to(weight.dtype) @ weight.t()
+    if bias is None and logit_scale == 1.0:
+        return z  # _chunk_terms reads it in float32; compiled, without a float32 copy of the block
     z = z.to(torch.promote_types(z.dtype, torch.float32))  # float32 at least, float64 stays float64
     if bias is not None:
         z += bias
     if logit_scale != 1.0:
         z *= logit_scale
     return z
+
+
+def _gold_shares(eps: torch.Tensor, vocab: int, convention: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The soft target as (share of every token, extra share of the gold token)."""
+    off_gold = eps / vocab if convention == "uniform" else eps / (vocab - 1)
+    return off_gold, (1 - eps if convention == "uniform" else 1 - eps - off_gold)
+
+
+def _subtract_target_(p: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor, convention: str) -> torch.Tensor:
+    """softmax [n, V] -> dL/dz = softmax - soft target, in place (eager paths)."""
+    off_gold, at_gold = _gold_shares(eps, p.shape[1], convention)
+    p.sub_(off_gold[:, None])
+    p[torch.arange(p.shape[0], device=p.device), labels] -= at_gold
+    return p
+
+
+def _token_terms(z_y, sum_z, z_max, sum_p, pz, eps, vocab: int, convention: str):
+    """Per-token loss, log-sum-exp and entropy from a chunk's row reductions (p = exp(z - z_max), pz = sum p*z)."""
+    lse = z_max + sum_p.log()
+    entropy = lse - pz / sum_p  # -sum softmax * log softmax, with log softmax = z - lse
+    nll = lse - z_y
+    uniform_part = lse - sum_z / vocab if convention == "uniform" else lse - (sum_z - z_y) / (vocab - 1)
+    return (1 - eps) * nll + eps * uniform_part, lse, entropy
+
+
+def _chunk_terms(z, labels, eps, convention: str, logit_scale: float, grad_dtype: torch.dtype | None):
+    """One chunk's logits [n, V] -> per-token loss, lse, entropy, is-top-1 and, for a unit upstream gradient,
+    dL/dz in ``grad_dtype`` (None: no gradient wanted). Eager: the only [n, V] blocks are the float32 logits and
+    their exponentials, which become dL/dz in place.
+    """
+    vocab = z.shape[1]
+    z = z.to(torch.promote_types(z.dtype, torch.float32))
+    z_y, sum_z, (z_max, argmax) = z.gather(1, labels[:, None]).squeeze(1), z.sum(-1), z.max(-1)
+    p = (z - z_max[:, None]).exp_()
+    sum_p = p.sum(-1)
+    pz = (p[:, None, :] @ z[:, :, None]).view(-1)  # a batched dot: no third block
+    del z
+    loss, lse, entropy = _token_terms(z_y, sum_z, z_max, sum_p, pz, eps, vocab, convention)
+    if grad_dtype is None:
+        return loss, lse, entropy, argmax == labels, None
+    dz = _subtract_target_(p.div_(sum_p[:, None]), labels, eps, convention)
+    if logit_scale != 1.0:
+        dz.mul_(logit_scale)
+    return loss, lse, entropy, argmax == labels, dz.to(grad_dtype)
+
+
+def _fused_chunk_terms(z, labels, eps, convention: str, logit_scale: float, grad_dtype: torch.dtype | None):
+    """_chunk_terms written for torch.compile: no in-place ops and no stored exponentials, so the graph is a few
+    passes over the logits (the row reductions, then dL/dz) that recompute exp as they go and keep no float32
+    block: dL/dz is written once, already in ``grad_dtype``.
+    """
+    vocab = z.shape[1]
+    z = z.to(torch.promote_types(z.dtype, torch.float32))
+    z_y, sum_z, (z_max, argmax) = z.gather(1, labels[:, None]).squeeze(1), z.sum(-1), z.max(-1)
+    p = (z - z_max[:, None]).exp()
+    loss, lse, entropy = _token_terms(z_y, sum_z, z_max, p.sum(-1), (p * z).sum(-1), eps, vocab, convention)
+    if grad_dtype is None:
+        return loss, lse, entropy, argmax == labels, None
+    off_gold, at_gold = _gold_shares(eps, vocab, convention)
+    gold = torch.arange(vocab, device=z.device)[None, :] == labels[:, None]
+    dz = (z - lse[:, None]).exp() - off_gold[:, None] - torch.where(gold, at_gold[:, None], 0.0)
+    return loss, lse, entropy, argmax == labels, (dz * logit_scale).to(grad_dtype)
+
+
+_compiled_chunk_terms = None
+
+
+def _compiled_terms(z, labels, eps, *args):
+    """_fused_chunk_terms through torch.compile (Triton on GPUs, C++ on CPUs): compiled once, for any chunk length."""
+    global _compiled_chunk_terms
+    if _compiled_chunk_terms is None:
+        _compiled_chunk_terms = torch.compile(_fused_chunk_terms, fullgraph=True)
+    for t in (z, labels, eps):  # the last chunk is shorter: one graph for every length, not one per length
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+    return _compiled_chunk_terms(z, labels, eps, *args)
 
 
 def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -58,16 +137,6 @@ def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
 
 
-def _soft_target_grad_(p: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor, convention: str) -> torch.Tensor:
-    """softmax [n, V] -> dL/dz = softmax - target, in place (target: off-gold share everywhere, the rest at gold)."""
-    vocab = p.shape[1]
-    off_gold = eps / vocab if convention == "uniform" else eps / (vocab - 1)
-    at_gold = 1 - eps if convention == "uniform" else 1 - eps - off_gold
-    p.sub_(off_gold[:, None])
-    p[torch.arange(p.shape[0], device=p.device), labels] -= at_gold
-    return p
-
-
 class _GradProducts:
     """Accumulates dL/dhidden, dL/dweight, dL/dbias chunk by chunk (weight and bias in float32 or wider)."""
 
@@ -78,9 +147,9 @@ class _GradProducts:
         self.bias = torch.zeros(weight.shape[0], device=weight.device, dtype=acc) if needs[2] else None
 
     def add(self, dz, s, e, hidden, weight):
+        """Add one chunk's products; ``dz`` is dL/dz of the chunk, cast to the weight's dtype."""
         if self.bias is not None:
-            self.bias += dz.sum(0)
-        dz = dz.to(weight.dtype)
+            self.bias += dz.sum(0, dtype=self.bias.dtype)
         if self.hidden is not None:
             self.hidden[s:e] = (dz @ weight).to(self.hidden.dtype)
         if self.weight is not None:
@@ -89,8 +158,8 @@ class _GradProducts:
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, smoothing, convention, chunk_size, logit_scale, precompute):
-        n_tokens, vocab = hidden.shape[0], weight.shape[0]
+    def forward(ctx, hidden, weight, bias, labels, smoothing, convention, chunk_size, logit_scale, precompute, compiled):
+        n_tokens = hidden.shape[0]
         acc_dtype = torch.promote_types(weight.dtype, torch.float32)
         loss = torch.empty(n_tokens, device=hidden.device, dtype=acc_dtype)
         lse = torch.empty_like(loss)
@@ -98,29 +167,16 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         is_top1 = torch.empty(n_tokens, device=hidden.device, dtype=torch.bool)
         eps = smoothing.to(acc_dtype)
         grads = _GradProducts(hidden, weight, bias, ctx.needs_input_grad[:3]) if precompute else None
+        terms = _compiled_terms if compiled else _chunk_terms
         for s in range(0, n_tokens, chunk_size):
             e = min(s + chunk_size, n_tokens)
-            z = _logits(hidden[s:e], weight, bias, logit_scale)  # block 1: [chunk, V]
-            y = labels[s:e]
-            z_y = z.gather(1, y[:, None]).squeeze(1)
-            sum_z = z.sum(-1)
-            z_max, argmax = z.max(-1)
-            is_top1[s:e] = argmax == y
-            z.sub_(z_max[:, None])
-            p = torch.exp(z)  # block 2, the only other one
-            sum_p = p.sum(-1)
-            p.div_(sum_p[:, None])  # softmax
-            lse_c = z_max + sum_p.log()
-            # entropy = -sum(softmax * log softmax), log softmax = (z - z_max) - log(sum_p); a batched dot, no block
-            entropy[s:e] = sum_p.log() - (p[:, None, :] @ z[:, :, None]).view(-1)
-            del z
-            nll = lse_c - z_y
-            uniform_part = lse_c - sum_z / vocab if convention == "uniform" else lse_c - (sum_z - z_y) / (vocab - 1)
-            loss[s:e] = (1 - eps[s:e]) * nll + eps[s:e] * uniform_part
-            lse[s:e] = lse_c
-            if grads is not None:  # dL/dz for a unit upstream gradient, then its three products
-                grads.add(_soft_target_grad_(p, y, eps[s:e], convention).mul_(logit_scale), s, e, hidden, weight)
-            del p
+            loss[s:e], lse[s:e], entropy[s:e], is_top1[s:e], dz = terms(
+                _logits(hidden[s:e], weight, bias, logit_scale), labels[s:e], eps[s:e], convention, logit_scale,
+                weight.dtype if grads is not None else None,
+            )
+            if grads is not None:  # the gradient products for a unit upstream gradient
+                grads.add(dz, s, e, hidden, weight)
+            del dz
         ctx.save_for_backward(hidden, weight, bias, labels, eps, lse)
         ctx.convention, ctx.chunk_size, ctx.logit_scale, ctx.grads = convention, chunk_size, logit_scale, grads
         ctx.mark_non_differentiable(entropy, is_top1)
@@ -136,7 +192,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
                 grads.hidden * g[:, None].to(grads.hidden.dtype) if grads.hidden is not None else None,
                 (grads.weight * g0).to(ctx.saved_tensors[1].dtype) if grads.weight is not None else None,
                 (grads.bias * g0).to(ctx.saved_tensors[2].dtype) if grads.bias is not None else None,
-                *([None] * 6),
+                *([None] * 7),
             )
         return _recompute_backward(ctx, g)
 
@@ -150,14 +206,16 @@ def _recompute_backward(ctx, g):
         grads = _GradProducts(hidden, weight, bias, ctx.needs_input_grad[:3])
         for s in range(0, hidden.shape[0], ctx.chunk_size):
             e = min(s + ctx.chunk_size, hidden.shape[0])
-            p = _logits(hidden[s:e], weight, bias, ctx.logit_scale).sub_(lse[s:e, None]).exp_()
-            dz = _soft_target_grad_(p, labels[s:e], eps[s:e], ctx.convention)
-            grads.add(dz.mul_((g[s:e] * ctx.logit_scale)[:, None]), s, e, hidden, weight)
+            z = _logits(hidden[s:e], weight, bias, ctx.logit_scale)
+            p = z.to(lse.dtype).sub_(lse[s:e, None]).exp_()  # softmax
+            del z
+            dz = _subtract_target_(p, labels[s:e], eps[s:e], ctx.convention)
+            grads.add(dz.mul_((g[s:e] * ctx.logit_scale)[:, None]).to(weight.dtype), s, e, hidden, weight)
     return (
         grads.hidden,
         grads.weight.to(weight.dtype) if grads.weight is not None else None,
         grads.bias.to(bias.dtype) if grads.bias is not None else None,
-        *([None] * 6),
+        *([None] * 7),
     )
 
 
@@ -171,10 +229,12 @@ def smoothed_cross_entropy(
     bias: torch.Tensor | None = None,
     chunk_size: int | None = None,
     logit_scale: float = 1.0,
+    compiled: bool = False,
 ) -> SmoothedLossOutput:
     """Per-token smoothed CE of ``hidden [N, H] @ weight[V, H].T`` against ``labels [N]`` with ``smoothing [N]``.
 
-    Every label must be a valid token id (select trained positions before calling).
+    Every label must be a valid token id (select trained positions before calling). ``compiled`` fuses each
+    chunk's elementwise work with torch.compile (same maths; pays a compile on the first call of a run).
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown smoothing convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
@@ -187,6 +247,6 @@ def smoothed_cross_entropy(
     params = (hidden, weight) if bias is None else (hidden, weight, bias)
     precompute = torch.is_grad_enabled() and any(t.requires_grad for t in params)
     loss, entropy, is_top1 = _SmoothedCrossEntropy.apply(
-        hidden, weight, bias, labels, smoothing, convention, chunk_size, logit_scale, precompute
+        hidden, weight, bias, labels, smoothing, convention, chunk_size, logit_scale, precompute, compiled
     )
     return SmoothedLossOutput(loss=loss, entropy=entropy, is_top1=is_top1)

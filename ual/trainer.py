@@ -14,9 +14,11 @@ What it changes, hook by hook (everything else is SFTTrainer's):
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
 import os
+import shutil
 import types
 from dataclasses import dataclass
 
@@ -55,7 +57,20 @@ class SmoothedLMOutput(ModelOutput):
     label_mask: torch.Tensor | None = None
 
 
-def add_smoothed_lm_head(model, convention: str, chunk_size: int | None) -> None:
+def resolve_loss_compile(requested: bool | None, device: torch.device) -> bool:
+    """``loss_compile`` for this device: None picks it (CUDA with Triton); True must be able to compile here."""
+    has_triton = importlib.util.find_spec("triton") is not None
+    if requested is None:
+        return device.type == "cuda" and has_triton
+    if requested and device.type == "cuda" and not has_triton:
+        raise ValueError("loss_compile=True on CUDA needs Triton (pip install triton); or set loss_compile: false")
+    if requested and device.type == "cpu" and not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
+        raise ValueError("loss_compile=True on a CPU needs a C++ compiler (g++) for torch.compile; or set "
+                         "loss_compile: false")
+    return requested
+
+
+def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compiled: bool = False) -> None:
     """Give ``model.forward`` a ``ual_smoothing=`` path; without it the forward is unchanged (generation, TRL)."""
     text_config = model.config.get_text_config()
     for name in _LOGIT_TRANSFORMS:
@@ -83,7 +98,8 @@ def add_smoothed_lm_head(model, convention: str, chunk_size: int | None) -> None
         mask = labels != -100
         with maybe_gather_lm_head_ctx(weight, bias):  # ZeRO-3: the head is read directly, not through its module
             out = smoothed_cross_entropy(
-                hidden[mask], weight, labels[mask], eps[mask], convention=convention, bias=bias, chunk_size=chunk_size
+                hidden[mask], weight, labels[mask], eps[mask], convention=convention, bias=bias, chunk_size=chunk_size,
+                compiled=compiled,
             )
         return SmoothedLMOutput(
             per_token_loss=out.loss, entropy=out.entropy, is_top1=out.is_top1, smoothing=eps[mask], label_mask=mask
@@ -122,6 +138,7 @@ class UALTrainer(SFTTrainer):
             )
         if args.loss_type != "nll":
             raise ValueError(f"UALTrainer smooths the NLL loss; loss_type={args.loss_type!r} is not supported")
+        loss_compile = resolve_loss_compile(args.loss_compile, args.device)  # before the model loads
         if not isinstance(train_dataset, Dataset):
             raise TypeError(
                 "UALTrainer needs a map-style datasets.Dataset: the smoothing mapping is fitted over the whole "
@@ -160,7 +177,10 @@ class UALTrainer(SFTTrainer):
             self.model.get_base_model() if is_peft_model(self.model) else self.model,
             convention=args.smoothing_convention,
             chunk_size=args.loss_chunk_size,
+            compiled=loss_compile,
         )
+        logger.info("UAL loss head: chunk %s tokens, %s", args.loss_chunk_size or "automatic",
+                    "compiled (torch.compile)" if loss_compile else "eager")
         if self.smoothing_report is not None:
             self._check_ranks_agree(*fitted_on)
 
