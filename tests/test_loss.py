@@ -102,6 +102,26 @@ def test_bfloat16_inputs_give_bfloat16_gradients_close_to_float32():
     torch.testing.assert_close(out16.loss, ref, rtol=2e-2, atol=2e-2)
 
 
+def test_autocast_runs_the_products_in_its_dtype_over_float32_weights():
+    """bf16 mixed precision (float32 weights, autocast on): the head computes exactly what it computes for bf16
+    inputs (products in bf16, the rest in float32), and the gradients keep the weights' float32 dtype."""
+    hidden, weight, _, labels, eps = make_inputs(dtype=torch.float32)
+    h16 = hidden.detach().bfloat16().requires_grad_()
+    w16 = weight.detach().bfloat16().requires_grad_()
+    want = smoothed_cross_entropy(h16, w16, labels, eps.float(), chunk_size=16)
+    want.loss.sum().backward()
+    h32 = h16.detach().float().requires_grad_()
+    w32 = w16.detach().float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = smoothed_cross_entropy(h32, w32, labels, eps.float(), chunk_size=16)
+    got.loss.sum().backward()
+    assert got.loss.dtype == torch.float32 and h32.grad.dtype == w32.grad.dtype == torch.float32
+    torch.testing.assert_close(got.loss, want.loss, rtol=0, atol=0)
+    torch.testing.assert_close(got.entropy, want.entropy, rtol=0, atol=0)
+    torch.testing.assert_close(h32.grad, h16.grad.float(), rtol=0, atol=0)
+    torch.testing.assert_close(w32.grad.bfloat16(), w16.grad, rtol=0, atol=0)  # same float32 sum, rounded once
+
+
 def test_frozen_weight_gets_no_gradient_work():
     """LoRA: lm_head is frozen, so only the hidden-state gradient is formed."""
     hidden, weight, _, labels, eps = make_inputs()

@@ -40,7 +40,8 @@ class SmoothedLossOutput:
 
 
 def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, logit_scale: float) -> torch.Tensor:
-    """The chunk's logits: the raw product in the weight's dtype, or float32 (at least) once bias or scale apply."""
+    """The chunk's logits: the raw product in the (compute) weight's dtype, or float32 (at least) once bias or
+    scale apply."""
     z = h.to(weight.dtype) @ weight.t()
     if bias is None and logit_scale == 1.0:
         return z  # _chunk_terms reads it in float32; compiled, without a float32 copy of the block
@@ -147,7 +148,7 @@ class _GradProducts:
         self.bias = torch.zeros(weight.shape[0], device=weight.device, dtype=acc) if needs[2] else None
 
     def add(self, dz, s, e, hidden, weight):
-        """Add one chunk's products; ``dz`` is dL/dz of the chunk, cast to the weight's dtype."""
+        """Add one chunk's products; ``dz`` is dL/dz of the chunk, in the dtype of ``weight`` (the compute dtype)."""
         if self.bias is not None:
             self.bias += dz.sum(0, dtype=self.bias.dtype)
         if self.hidden is not None:
@@ -159,26 +160,33 @@ class _GradProducts:
 class _SmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, smoothing, convention, chunk_size, logit_scale, precompute, compiled):
-        n_tokens = hidden.shape[0]
-        acc_dtype = torch.promote_types(weight.dtype, torch.float32)
-        loss = torch.empty(n_tokens, device=hidden.device, dtype=acc_dtype)
-        lse = torch.empty_like(loss)
-        entropy = torch.empty_like(loss)
-        is_top1 = torch.empty(n_tokens, device=hidden.device, dtype=torch.bool)
-        eps = smoothing.to(acc_dtype)
-        grads = _GradProducts(hidden, weight, bias, ctx.needs_input_grad[:3]) if precompute else None
-        terms = _compiled_terms if compiled else _chunk_terms
-        for s in range(0, n_tokens, chunk_size):
-            e = min(s + chunk_size, n_tokens)
-            loss[s:e], lse[s:e], entropy[s:e], is_top1[s:e], dz = terms(
-                _logits(hidden[s:e], weight, bias, logit_scale), labels[s:e], eps[s:e], convention, logit_scale,
-                weight.dtype if grads is not None else None,
-            )
-            if grads is not None:  # the gradient products for a unit upstream gradient
-                grads.add(dz, s, e, hidden, weight)
-            del dz
+        # The products run in autocast's dtype when it is on (bf16 mixed precision over float32 weights), as
+        # TRL's head and a plain lm_head would; everything else is cast explicitly, so autocast is then turned off.
+        device = hidden.device.type
+        compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        with torch.autocast(device, enabled=False):
+            w = weight.to(compute_dtype)
+            n_tokens = hidden.shape[0]
+            acc_dtype = torch.promote_types(weight.dtype, torch.float32)
+            loss = torch.empty(n_tokens, device=hidden.device, dtype=acc_dtype)
+            lse = torch.empty_like(loss)
+            entropy = torch.empty_like(loss)
+            is_top1 = torch.empty(n_tokens, device=hidden.device, dtype=torch.bool)
+            eps = smoothing.to(acc_dtype)
+            grads = _GradProducts(hidden, weight, bias, ctx.needs_input_grad[:3]) if precompute else None
+            terms = _compiled_terms if compiled else _chunk_terms
+            for s in range(0, n_tokens, chunk_size):
+                e = min(s + chunk_size, n_tokens)
+                loss[s:e], lse[s:e], entropy[s:e], is_top1[s:e], dz = terms(
+                    _logits(hidden[s:e], w, bias, logit_scale), labels[s:e], eps[s:e], convention, logit_scale,
+                    compute_dtype if grads is not None else None,
+                )
+                if grads is not None:  # the gradient products for a unit upstream gradient
+                    grads.add(dz, s, e, hidden, w)
+                del dz
         ctx.save_for_backward(hidden, weight, bias, labels, eps, lse)
         ctx.convention, ctx.chunk_size, ctx.logit_scale, ctx.grads = convention, chunk_size, logit_scale, grads
+        ctx.compute_dtype = compute_dtype
         ctx.mark_non_differentiable(entropy, is_top1)
         return loss, entropy, is_top1
 
@@ -204,13 +212,14 @@ def _recompute_backward(ctx, g):
     hidden, weight, bias, labels, eps, lse = ctx.saved_tensors
     with maybe_gather_lm_head_ctx(weight, bias):  # ZeRO-3: the weight was released after the forward
         grads = _GradProducts(hidden, weight, bias, ctx.needs_input_grad[:3])
+        w = weight.to(ctx.compute_dtype)
         for s in range(0, hidden.shape[0], ctx.chunk_size):
             e = min(s + ctx.chunk_size, hidden.shape[0])
-            z = _logits(hidden[s:e], weight, bias, ctx.logit_scale)
+            z = _logits(hidden[s:e], w, bias, ctx.logit_scale)
             p = z.to(lse.dtype).sub_(lse[s:e, None]).exp_()  # softmax
             del z
             dz = _subtract_target_(p, labels[s:e], eps[s:e], ctx.convention)
-            grads.add(dz.mul_((g[s:e] * ctx.logit_scale)[:, None]).to(weight.dtype), s, e, hidden, weight)
+            grads.add(dz.mul_((g[s:e] * ctx.logit_scale)[:, None]).to(w.dtype), s, e, hidden, w)
     return (
         grads.hidden,
         grads.weight.to(weight.dtype) if grads.weight is not None else None,
