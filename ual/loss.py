@@ -196,10 +196,11 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         g = grad_loss.to(ctx.saved_tensors[5].dtype)
         if grads is not None and (g.numel() == 0 or bool((g == g[0]).all())):
             g0 = g[0] if g.numel() else g.new_zeros(())
+            # in place: a second float32 copy of the weight's gradient would cost as much as TRL's whole head
             return (
-                grads.hidden * g[:, None].to(grads.hidden.dtype) if grads.hidden is not None else None,
-                (grads.weight * g0).to(ctx.saved_tensors[1].dtype) if grads.weight is not None else None,
-                (grads.bias * g0).to(ctx.saved_tensors[2].dtype) if grads.bias is not None else None,
+                grads.hidden.mul_(g[:, None].to(grads.hidden.dtype)) if grads.hidden is not None else None,
+                grads.weight.mul_(g0).to(ctx.saved_tensors[1].dtype) if grads.weight is not None else None,
+                grads.bias.mul_(g0).to(ctx.saved_tensors[2].dtype) if grads.bias is not None else None,
                 *([None] * 7),
             )
         return _recompute_backward(ctx, g)
