@@ -58,15 +58,19 @@ def cpu_config(name, tmp_path):
     return path
 
 
-@pytest.mark.parametrize("config", ["cpu_ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp2"])
+@pytest.mark.parametrize("config", ["cpu_ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp2", "deepspeed_zero3+compile"])
 def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, single_process, config):
+    """+compile: the torch.compile'd loss head (loss_compile, the CUDA default) on the ZeRO-3-gathered lm_head."""
     out = tmp_path / "out"
+    config, _, compile_head = config.partition("+")
     cfg = REPO / "accelerate_configs" / "cpu_ddp.yaml" if config == "cpu_ddp" else cpu_config(config, tmp_path)
     log = run(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg), "-m", "ual.train",
-         "recipes/tiny.yaml", "--output_dir", str(out), "--per_device_train_batch_size", "8", *STEPS],
+         "recipes/tiny.yaml", "--output_dir", str(out), "--per_device_train_batch_size", "8", *STEPS,
+         *(["--loss_compile", "true"] if compile_head else [])],
         tmp_path / "log.txt",
     )
+    assert ("UAL loss head: chunk automatic tokens, compiled" in log) == bool(compile_head)
     steps, got = losses(out)
     ref_steps, want = single_process
     assert steps == ref_steps == 8
