@@ -6,8 +6,8 @@
 Variants: sft_default (SFTTrainer, TRL's fused NLL head), sft_ls (SFTTrainer with label_smoothing_factor=0.1:
 full logits + LabelSmoother + a no-grad metrics pass), ual_constant (UALTrainer, eps = 0.1 for all) and
 ual_uncertainty (UALTrainer, the paper's mapping, mean 0.1), both with the default loss head (compiled on CUDA,
-eager on CPUs), and ual_uncertainty_compiled (the same with loss_compile=True, so CPUs show it too). Each run is its own subprocess (so its peak memory
-is its own); rounds interleave the variants in a shuffled order and the medians are reported with ratios to
+eager on CPUs), and ual_uncertainty_compiled (the same with loss_compile=True, so CPUs show it too). Each run is
+its own subprocess (so its peak memory is its own); rounds interleave the variants in a shuffled order and the medians are reported with ratios to
 sft_default. The first steps of each run (warm-up) are not timed.
 """
 
