@@ -283,7 +283,7 @@ def test_generation_stops_at_eos_or_a_stop_string_and_is_batch_independent(tiny_
 
 
 def test_help_and_backend_choice(capsys):
-    from ual.eval.errors import UsageError
+    from ual.errors import UsageError
     from ual.eval.generate import choose_backend, vllm_usable
 
     assert main(["--help"]) == 0 and main(["eval", "gsm8k", "--help"]) == 0

@@ -6,6 +6,6 @@ Every command writes ``settings.json`` next to its results, and only moves the o
 place once everything is written, so a failed run never leaves something that looks like a result.
 """
 
-from ual.eval.errors import UsageError
+from ual.errors import UsageError
 
 __all__ = ["UsageError"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ual.eval import data
-from ual.eval.errors import UsageError
+from ual.errors import UsageError
 from ual.eval.generate import Generation
 from ual.eval.runner import EvalOptions, base_settings, check_inputs, generate_for, write_results
 

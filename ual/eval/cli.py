@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from ual.eval.errors import UsageError
+from ual.errors import UsageError
 
 EVAL_TASKS = ("gsm8k", "metamath", "alpacaeval")
 

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ual.eval import data, outputs, plots
-from ual.eval.errors import UsageError
+from ual.errors import UsageError
 from ual.eval.generate import read_chat_template
 from ual.eval.models import ModelSpec, check_adapter_path, check_model_path, load_model, model_record
 from ual.formats import convert, detect_format

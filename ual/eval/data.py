@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
-from ual.eval.errors import UsageError
+from ual.errors import UsageError
+from ual.files import looks_local, read_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EVAL_DATA = REPO_ROOT / "data" / "eval"
@@ -17,37 +17,16 @@ ALPACA_EVAL = EVAL_DATA / "alpaca_eval.json"
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
-def _looks_local(source: str) -> bool:
-    """A path rather than a hub id: starts like a path, has a data-file suffix, or its first part exists here."""
-    first = source.split("/", 1)[0]
-    return (
-        source.startswith((".", "/", "~"))
-        or source.lower().endswith(_LOCAL_SUFFIXES)
-        or source.count("/") > 1
-        or ("/" in source and Path(first).is_dir())
-    )
-
-
 def _read_local(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".jsonl":
-            rows = []
-            with path.open(encoding="utf-8") as f:
-                for line in f:
-                    if line.strip():
-                        rows.append(json.loads(line))
-            return rows
-        if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict):  # {"data": [...]} / {"rows": [...]}: the one list value
-                lists = [v for v in data.values() if isinstance(v, list)]
-                if len(lists) != 1:
-                    raise UsageError(f"{path}: expected a JSON list of rows (or an object holding one list)")
-                data = lists[0]
-            return list(data)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    if suffix in (".jsonl", ".json"):
+        data = read_json(path)
+        if isinstance(data, dict):  # {"data": [...]} / {"rows": [...]}: the one list value
+            lists = [v for v in data.values() if isinstance(v, list)]
+            if len(lists) != 1:
+                raise UsageError(f"{path}: expected a JSON list of rows (or an object holding one list)")
+            data = lists[0]
+        return list(data)
     if suffix in (".parquet", ".csv"):
         from datasets import load_dataset
 
@@ -61,7 +40,7 @@ def load_rows(source: str | Path, *, config: str | None = None, split: str = "te
     path = Path(source).expanduser()
     if path.is_file():
         rows = _read_local(path)
-    elif path.is_dir() or _looks_local(source):
+    elif path.is_dir() or looks_local(source):
         raise UsageError(f"eval data {source!r}: no such file")
     else:
         from datasets import load_dataset

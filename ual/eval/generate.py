@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ual.eval.errors import UsageError
+from ual.errors import UsageError
 
 BACKENDS = ("auto", "transformers", "vllm")
 PAPER_SAMPLING = {"temperature": 0.8, "top_k": 200}  # the UAL authors' AlpacaEval decoding (PAPER.md §5)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ual.eval import answers, data
-from ual.eval.errors import UsageError
+from ual.errors import UsageError
 from ual.eval.generate import Generation
 from ual.eval.runner import EvalOptions, base_settings, check_inputs, generate_for, write_results
 from ual.eval.stats import wilson_interval

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from ual.eval.errors import UsageError
+from ual.errors import UsageError
+from ual.files import looks_local
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,6 @@ class ModelSpec:
         return cls(model, adapter, name)
 
 
-def _looks_local(path: str) -> bool:
-    first = path.split("/", 1)[0]
-    return path.startswith((".", "/", "~")) or path.count("/") > 1 or ("/" in path and Path(first).is_dir())
-
-
 def check_model_path(path: str, flag: str = "--model") -> None:
     """Fail fast on a local model path that does not exist or is not a model directory."""
     p = Path(path).expanduser()
@@ -62,7 +58,7 @@ def check_model_path(path: str, flag: str = "--model") -> None:
         return
     if p.exists():
         raise UsageError(f"{flag} {path!r} is a file; expected a model directory or a hub id")
-    if _looks_local(path):
+    if looks_local(path):
         raise UsageError(f"{flag} {path!r}: no such directory")
 
 

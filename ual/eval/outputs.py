@@ -11,7 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ual.eval.errors import UsageError
+from ual.errors import UsageError
+from ual.files import apply_umask
 
 SETTINGS = "settings.json"
 RESULTS = "results.json"
@@ -52,6 +53,7 @@ class AtomicDir:
             old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
             self.path.rename(old / "dir")
         self.tmp.rename(self.path)
+        apply_umask(self.path)  # mkdtemp made it 0700: give it the mode a plain mkdir would have
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ual.eval import outputs, plots
-from ual.eval.errors import UsageError
+from ual.errors import UsageError
 
 SMOOTHING_FILE = "ual_smoothing.json"
 # Per task, the metrics the default table shows (all metrics: --all-metrics, and always in report.csv).

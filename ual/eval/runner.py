@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ual.eval import outputs
-from ual.eval.errors import UsageError
+from ual.errors import UsageError
 from ual.eval.generate import (
     Generation,
     GenerationSettings,
