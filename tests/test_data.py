@@ -9,6 +9,7 @@ import yaml
 
 from conftest import SAMPLE_DATA, cpu_config, write_jsonl
 from ual.data import UALDatasetConfig, load_mixture
+from ual.errors import UsageError
 from ual.formats import convert, detect_format, turns
 from ual.train import main as train_main
 
@@ -135,15 +136,18 @@ def test_misspelt_strategy_lists_the_choices(tmp_path):
         train_main([recipe(tmp_path, [data], smoothing_strategy="uncertainity")])
 
 
-def test_cli_misspelt_strategy_is_refused_by_argparse(tmp_path, capsys):
+def test_cli_misspelt_strategy_is_refused_by_argparse_in_one_line(tmp_path, capsys):
+    from ual.train import cli
+
     data = write_jsonl(tmp_path / "ok.jsonl", gsm_rows())
-    with pytest.raises(SystemExit):
-        train_main([recipe(tmp_path, [data]), "--smoothing_strategy", "uniformm"])
-    assert "invalid choice: 'uniformm'" in capsys.readouterr().err
+    assert cli([recipe(tmp_path, [data]), "--smoothing_strategy", "uniformm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ual train: error: argument --smoothing_strategy")
+    assert "invalid choice: 'uniformm'" in err[0] and "'uncertainty', 'linear'" in err[0]
 
 
 def test_missing_dataset_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"datasets\[0\] .*does not exist"):
+    with pytest.raises(UsageError, match=r"datasets\[0\] .*does not exist"):
         train_main([recipe(tmp_path, [tmp_path / "nope.jsonl"])])
 
 
@@ -219,7 +223,7 @@ def test_converters():
 @pytest.mark.parametrize(
     "extra, error, message",
     [
-        ({"model_name_or_path": "mistralai/Mistral-7B-v0.1"}, FileNotFoundError, "not a local folder and HF_HUB_OFFLINE is set.*hf download"),
+        ({"model_name_or_path": "mistralai/Mistral-7B-v0.1"}, UsageError, "no such folder.*as a hub model id it is not in the local cache while HF_HUB_OFFLINE is set.*hf download"),
         ({"use_peft": True, "lora_target_modules": ["q_proj", "lm_head"]}, ValueError, "lora_target_modules includes 'lm_head'"),
     ],
 )
@@ -236,5 +240,5 @@ def test_qlora_without_bitsandbytes_is_a_clear_error(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     data = write_jsonl(tmp_path / "ok.jsonl", gsm_rows())
-    with pytest.raises(ImportError, match="needs bitsandbytes"):
+    with pytest.raises(UsageError, match="needs bitsandbytes"):
         train_main([recipe(tmp_path, [data], use_peft=True, load_in_4bit=True)])

@@ -31,7 +31,7 @@ def test_every_scenario_method_variant_parses_with_no_unknown_key(scenario, base
     assert args.smoothing_strategy == expected
     assert args.smoothing_mean == pytest.approx(0.1) and args.seed == 1337 and args.max_length == 768
     assert data_args.datasets and all(d.path.startswith("data/") for d in data_args.datasets)
-    processes = load_recipe(stack(scenario, baseline, variant))[1]["num_processes"]
+    processes = load_recipe(stack(scenario, baseline, variant)).launcher["num_processes"]
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps * processes == 64, "effective batch 64"
     if variant == "variants/full_zero3.yaml":
         assert not model_args.use_peft
@@ -125,7 +125,7 @@ def test_more_processes_than_gpus_is_refused_before_launch(tmp_path, capsys):
 def test_base_chain_and_loops(tmp_path):
     (tmp_path / "a.yaml").write_text("base: b.yaml\nlearning_rate: 1.0\n")
     (tmp_path / "b.yaml").write_text("learning_rate: 2.0\nseed: 3\n")
-    config, _ = load_recipe([tmp_path / "a.yaml"])
+    config = load_recipe([tmp_path / "a.yaml"]).config
     assert config["learning_rate"] == 1.0 and config["seed"] == 3
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ValueError, match="loops back"):

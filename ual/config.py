@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from .errors import UsageError
 from .loss import CONVENTIONS
 from .mapping import STRATEGIES
 
@@ -98,33 +99,47 @@ class UALConfig(SFTConfig):
         },
     )
 
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into an output_dir that already holds a run (a model, trainer_state.json, checkpoints, "
+            "ual_smoothing.json or eval/): its files are removed first, so nothing of the old run is mixed into the "
+            "new one. Without it such a folder is refused before the model loads (resume it with "
+            "--resume_from_checkpoint true instead). transformers 5 dropped its own field of this name."
+        },
+    )
+
     def __post_init__(self):
+        if self.activation_checkpointing is None:
+            # TRL's default gradient_checkpointing=True, under transformers 5's new name: the same setting, without
+            # the deprecation warning every run would print about a key its recipe never set
+            self.activation_checkpointing = self.gradient_checkpointing
         super().__post_init__()
         if self.smoothing_strategy not in STRATEGIES:
-            raise ValueError(
+            raise UsageError(
                 f"smoothing_strategy: unknown value {self.smoothing_strategy!r}; choose one of {', '.join(STRATEGIES)}"
             )
         if self.smoothing_convention not in CONVENTIONS:
-            raise ValueError(
+            raise UsageError(
                 f"smoothing_convention: unknown value {self.smoothing_convention!r}; choose one of "
                 f"{', '.join(CONVENTIONS)}"
             )
         if len(self.uncertainty_range) != 2 or not self.uncertainty_range[0] < self.uncertainty_range[1]:
-            raise ValueError(f"uncertainty_range must be [low, high] with low < high, got {self.uncertainty_range}")
+            raise UsageError(f"uncertainty_range must be [low, high] with low < high, got {self.uncertainty_range}")
         self.uncertainty_range = [float(x) for x in self.uncertainty_range]
         self.missing_uncertainty = str(self.missing_uncertainty)
         if self.missing_uncertainty != "error":
             try:
                 fill = float(self.missing_uncertainty)
             except ValueError:
-                raise ValueError(
+                raise UsageError(
                     f"missing_uncertainty must be 'error' or a number, got {self.missing_uncertainty!r}"
                 ) from None
             low, high = self.uncertainty_range
             if not (math.isfinite(fill) and low <= fill <= high):
-                raise ValueError(f"missing_uncertainty {fill} lies outside uncertainty_range {self.uncertainty_range}")
+                raise UsageError(f"missing_uncertainty {fill} lies outside uncertainty_range {self.uncertainty_range}")
         if self.loss_chunk_size is not None and self.loss_chunk_size < 1:
-            raise ValueError(f"loss_chunk_size must be a positive number of tokens, got {self.loss_chunk_size}")
+            raise UsageError(f"loss_chunk_size must be a positive number of tokens, got {self.loss_chunk_size}")
 
     @property
     def missing_fill(self) -> float | None:

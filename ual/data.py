@@ -7,19 +7,24 @@ the smoothing columns around it and packs them along with ``input_ids`` and ``la
 
 from __future__ import annotations
 
+import csv
+import logging
 import math
 import os
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
-from datasets import Dataset, concatenate_datasets, load_dataset
+from datasets import Dataset, Features, Value, concatenate_datasets, load_dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from trl.trainer.utils import pad
 
-from .formats import FORMATS, convert, output_columns, resolve_format
+from .errors import UsageError
+from .files import looks_local, read_json
+from .formats import FORMATS, completion_text, convert, output_columns, resolve_format, row_problem
 from .mapping import SmoothingMap, fit_smoothing, summarize
 
+logger = logging.getLogger("ual")
 SAMPLE_SMOOTHING = "ual_smoothing"  # per-sample eps, carried through TRL's tokenization
 TOKEN_SMOOTHING = "smoothing"  # per-token eps, aligned with input_ids; the collated batch key
 SOURCE = "source"  # which mixture entry a row came from, for per-dataset statistics
@@ -55,15 +60,24 @@ class UALMixtureConfig:
     )
 
     def __post_init__(self):
+        if not isinstance(self.datasets, (list, tuple)):
+            raise UsageError(f"datasets: expected a list of entries, each a mapping with a 'path' (in YAML: a line "
+                             f"'datasets:' then '  - path: {self.datasets}'), got {type(self.datasets).__name__} "
+                             f"{self.datasets!r:.80}")
+        self.datasets = list(self.datasets)
         known = {f.name for f in fields(UALDatasetConfig)}
         for i, entry in enumerate(self.datasets):
-            if isinstance(entry, dict):
-                unknown = sorted(set(entry) - known)
-                if unknown:
-                    raise ValueError(f"datasets[{i}]: unknown key(s) {unknown}; known keys are {sorted(known)}")
-                if "path" not in entry:
-                    raise ValueError(f"datasets[{i}]: the key 'path' is required")
-                self.datasets[i] = UALDatasetConfig(**entry)
+            if isinstance(entry, UALDatasetConfig):
+                continue
+            if not isinstance(entry, dict):
+                raise UsageError(f"datasets[{i}]: expected a mapping with a 'path' key, got {entry!r:.80} (write "
+                                 f"'- path: {entry}' rather than '- {entry}')")
+            unknown = sorted(set(entry) - known)
+            if unknown:
+                raise UsageError(f"datasets[{i}]: unknown key(s) {unknown}; known keys are {sorted(known)}")
+            if "path" not in entry:
+                raise UsageError(f"datasets[{i}]: the key 'path' is required")
+            self.datasets[i] = UALDatasetConfig(**entry)
 
 
 def _load_one(entry: UALDatasetConfig, where: str) -> Dataset:
@@ -71,12 +85,75 @@ def _load_one(entry: UALDatasetConfig, where: str) -> Dataset:
     if os.path.isfile(path):
         ext = os.path.splitext(path)[1].lower()
         if ext not in _LOCAL_BUILDERS:
-            raise ValueError(f"{where}: cannot read {path!r}: use one of {', '.join(_LOCAL_BUILDERS)}")
-        return load_dataset(_LOCAL_BUILDERS[ext], data_files=path, split=entry.split)
-    looks_local = path.startswith((".", "/", "~")) or os.path.splitext(path)[1].lower() in _LOCAL_BUILDERS
-    if looks_local and not os.path.isdir(path):
-        raise FileNotFoundError(f"{where}: dataset path {entry.path!r} does not exist")
-    return load_dataset(path, name=entry.name, data_dir=entry.data_dir, data_files=entry.data_files, split=entry.split)
+            raise UsageError(f"{where}: cannot read {path!r}: use one of {', '.join(_LOCAL_BUILDERS)}")
+        if os.path.getsize(path) == 0:
+            raise UsageError(f"{where}: the file is empty (0 bytes)")
+        try:
+            ds = load_dataset(_LOCAL_BUILDERS[ext], data_files=path, split=entry.split, **_csv_as_text(path))
+        except Exception as exc:  # datasets wraps a parse error without its file or line
+            if ext in (".json", ".jsonl") and not read_json(path, where):  # a bad line raises, naming it
+                raise UsageError(f"{where}: the file has no rows") from None
+            raise UsageError(f"{where}: cannot read it as {ext[1:]}: {exc.__cause__ or exc}") from None
+    elif looks_local(entry.path) and not os.path.isdir(path):
+        raise UsageError(f"{where}: dataset path {entry.path!r} does not exist"
+                         + ("" if os.path.isabs(path) else f" (relative paths are looked up from {os.getcwd()})"))
+    else:
+        ds = load_dataset(path, name=entry.name, data_dir=entry.data_dir, data_files=entry.data_files, split=entry.split)
+    if len(ds) == 0:
+        raise UsageError(f"{where}: the dataset has no rows")
+    return ds
+
+
+def _csv_as_text(path: str) -> dict:
+    """For a CSV file: read every cell as the text it is (pandas would turn an answer "72" into an int and "None"
+    into a missing value); the score column's numbers are parsed by ``_csv_number``."""
+    if not path.lower().endswith(".csv"):
+        return {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    return {"features": Features({name: Value("string") for name in header}), "keep_default_na": False}
+
+
+def _csv_number(value):
+    """A CSV cell as a score: a numeric string is its number, an empty cell missing; anything else unchanged."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            return value
+    return value
+
+
+def check_rows(ds: Dataset, fmt: str, where: str) -> None:
+    """Every row has every field its format reads, with the right type; else a UsageError naming the first bad
+    row and its column. Then warn about rows whose completion is empty (they train on end-of-turn tokens only);
+    most rows empty is almost surely a wrong column or format, an error."""
+    bad, empty = [], []
+    for index, row in enumerate(ds):
+        problem = row_problem(row, fmt)
+        if problem is not None:
+            bad.append((index, problem))
+        elif not completion_text(row, fmt).strip():
+            empty.append(index)
+    if bad:
+        index, problem = bad[0]
+        more = f" ({len(bad)} bad rows in all: {_first_rows([i for i, _ in bad])})" if len(bad) > 1 else ""
+        raise UsageError(f"{where}: row {index} (0-based), {problem} (format {fmt!r}){more}")
+    if empty:
+        share = len(empty) / len(ds)
+        message = (f"{where}: {len(empty)} of {len(ds)} rows ({share:.0%}) have an empty completion (0-based rows "
+                   f"{_first_rows(empty)}); they train on the end-of-turn tokens only")
+        if share > 0.5:
+            raise UsageError(message + ". With most rows like that the format or column is almost surely wrong "
+                             f"(format {fmt!r}); fix the data or drop those rows")
+        logger.warning(message)
+
+
+def _first_rows(rows: list[int], n: int = 10) -> str:
+    return ", ".join(str(r) for r in rows[:n]) + (", ..." if len(rows) > n else "")
 
 
 def check_scores(
@@ -106,7 +183,7 @@ def check_scores(
     if bad:
         i, problem = bad[0]
         more = f" ({len(bad)} bad rows in all: {', '.join(str(r) for r, _ in bad[:10])}{', ...' if len(bad) > 10 else ''})"
-        raise ValueError(f"{where}: row {i} (0-based), column {column!r}: {problem}{more if len(bad) > 1 else ''}")
+        raise UsageError(f"{where}: row {i} (0-based), column {column!r}: {problem}{more if len(bad) > 1 else ''}")
     return out
 
 
@@ -119,32 +196,42 @@ def _score_column(args) -> tuple[str | None, tuple[float, float]]:
     return None, (0.0, 0.0)
 
 
-def read_scores(dataset: Dataset, args, where: str) -> np.ndarray | None:
-    """The checked score column the strategy needs, or None for 'constant'/'none'."""
+def read_scores(dataset: Dataset, args, where: str, numeric_strings: bool = False) -> np.ndarray | None:
+    """The checked score column the strategy needs, or None for 'constant'/'none'.
+
+    ``numeric_strings`` (CSV files, where a column with one non-numeric cell is read as text): "83.0" is 83.0."""
     column, value_range = _score_column(args)
     if column is None:
         return None
     if column not in dataset.column_names:
-        raise ValueError(
+        raise UsageError(
             f"{where}: no column {column!r} (smoothing_strategy={args.smoothing_strategy!r}); the columns are "
             f"{dataset.column_names}. Score the data with `ual score`, or set the column name in the recipe."
         )
     fill = args.missing_fill if args.smoothing_strategy != "explicit" else None
-    return check_scores(dataset[column], column, where, fill=fill, value_range=value_range)
+    values = dataset[column]
+    if numeric_strings:
+        values = [_csv_number(v) for v in values]
+    return check_scores(values, column, where, fill=fill, value_range=value_range)
 
 
 def load_mixture(entries: list[UALDatasetConfig], args) -> Dataset:
     """Load, convert and check every entry, then mix: TRL-shaped rows plus the score and source columns."""
     if not entries:
-        raise ValueError("the recipe has no `datasets:` entries to train on")
+        raise UsageError("the recipe has no `datasets:` entries to train on")
     column, _ = _score_column(args)
     loaded, shapes = [], {}
     for i, entry in enumerate(entries):
         where = f"datasets[{i}] ({entry.path})"
         ds = _load_one(entry, where)
         fmt = resolve_format(entry.format, ds.column_names, where)
+        check_rows(ds, fmt, where)
         if column is not None:
-            read_scores(ds, args, where)
+            from_csv = entry.path.lower().endswith(".csv")
+            read_scores(ds, args, where, numeric_strings=from_csv)
+            if from_csv and ds.features[column].dtype == "string":  # one bad cell made pandas read them all as text
+                values = [_csv_number(v) for v in ds[column]]
+                ds = ds.remove_columns(column).add_column(column, values)
         keep = output_columns(fmt)
         shapes[where] = keep
         source = entry.source or entry.path
@@ -160,7 +247,7 @@ def load_mixture(entries: list[UALDatasetConfig], args) -> Dataset:
     fractions = [e.fraction for e in entries]
     if any(f is not None for f in fractions):
         if any(f is None for f in fractions):
-            raise ValueError("`fraction` must be set on every entry of `datasets:` or on none")
+            raise UsageError("`fraction` must be set on every entry of `datasets:` or on none")
         weights = [f / sum(fractions) for f in fractions]
         total = min(len(ds) / w for ds, w in zip(loaded, weights) if w > 0)
         loaded = [ds.select(range(round(w * total))) for ds, w in zip(loaded, weights)]
@@ -175,7 +262,7 @@ def _to_messages(loaded: list[Dataset], names: list[str], args) -> list[Dataset]
     """
     shapes = {name: ds.column_names for name, ds in zip(names, loaded)}
     if not args.assistant_only_loss or any("text" in cols for cols in shapes.values()):
-        raise ValueError(
+        raise UsageError(
             "the datasets of a mixture must share one shape after conversion, got "
             + "; ".join(f"{k}: {'/'.join(c for c in v if c in ('messages', 'prompt', 'completion', 'text'))}" for k, v in shapes.items())
             + ". To mix conversations with prompt/completion data set `assistant_only_loss: true` (needs a chat "
@@ -186,7 +273,7 @@ def _to_messages(loaded: list[Dataset], names: list[str], args) -> list[Dataset]
         if "messages" not in ds.column_names:
             first = ds[0]
             if isinstance(first["prompt"], str):
-                raise ValueError(f"{name}: plain-text prompt/completion rows cannot be mixed with conversations")
+                raise UsageError(f"{name}: plain-text prompt/completion rows cannot be mixed with conversations")
             ds = ds.map(lambda row: {"messages": row["prompt"] + row["completion"]}, remove_columns=["prompt", "completion"])
         out.append(ds)
     return out
@@ -278,7 +365,7 @@ class SmoothingCollator(DataCollatorForLanguageModeling):
             eps, padding_value=0.0, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of
         )
         if batch[TOKEN_SMOOTHING].shape != batch["input_ids"].shape:  # a bug guard: misaligned data trains wrong
-            raise ValueError(
+            raise RuntimeError(
                 f"smoothing {tuple(batch[TOKEN_SMOOTHING].shape)} and input_ids {tuple(batch['input_ids'].shape)} "
                 "are not aligned"
             )

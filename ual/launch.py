@@ -2,7 +2,8 @@
 
 Like ``trl sft``, the recipe may name its launch setup: ``accelerate_config`` (a file name from
 accelerate_configs/, or a path) and ``num_processes``. The exact command is printed, then run;
-``--dry-run`` only prints it.
+``--dry-run`` only prints it. Before launching, the recipe, the data and the output folder are checked
+here once; stopping ``ual train`` (Ctrl-C, SIGTERM) stops every rank it launched (``ual.processes``).
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
+from .errors import UsageError, debug_requested, report
+from .processes import run_launcher
 from .recipe import load_recipe, split_argv
 
 # accelerate_configs/ of a source checkout (editable install); a config path works from anywhere.
@@ -35,13 +37,13 @@ def resolve_config(name: str) -> Path:
     path = Path(name).expanduser()
     if path.suffix in (".yaml", ".yml") or "/" in name:
         if not path.is_file():
-            raise FileNotFoundError(f"accelerate_config: {name} does not exist")
+            raise UsageError(f"accelerate_config: {name} does not exist")
         return path
     for folder in CONFIG_DIRS:
         candidate = folder / f"{name}.yaml"
         if candidate.is_file():
             return candidate
-    raise ValueError(f"accelerate_config: unknown name {name!r}; known: {', '.join(known_configs())}")
+    raise UsageError(f"accelerate_config: unknown name {name!r}; known: {', '.join(known_configs())}")
 
 
 def check_devices(config: dict, num_processes: int) -> None:
@@ -52,7 +54,7 @@ def check_devices(config: dict, num_processes: int) -> None:
 
     available = torch.cuda.device_count()
     if num_processes > available:
-        raise ValueError(
+        raise UsageError(
             f"num_processes={num_processes} but this machine has {available} GPU(s); lower num_processes, "
             "or use accelerate_configs/cpu_ddp.yaml to try the distributed path on a CPU"
         )
@@ -63,7 +65,7 @@ def build_command(argv: list[str]) -> tuple[list[str], dict | None, int | None]:
     recipes, flags = split_argv(argv)
     if not recipes:
         raise SystemExit("usage: ual train RECIPE.yaml [OVERLAY.yaml ...] [--key value ...] [--dry-run]")
-    _, launcher = load_recipe(recipes)
+    launcher = load_recipe(recipes).launcher
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     cmd = [accelerate, "launch"] if accelerate else [sys.executable, "-m", "accelerate.commands.launch"]
     config = None
@@ -86,16 +88,33 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--dry-run"]
     try:
         cmd, config, num_processes = build_command(argv)
-        if not dry_run and config is not None and num_processes is not None:
-            check_devices(config, int(num_processes))
-    except (ValueError, FileNotFoundError) as err:
-        print(f"ual train: {err}", file=sys.stderr)
-        return 2
+        if not dry_run:
+            if config is not None and num_processes is not None:
+                check_devices(config, int(num_processes))
+            check_before_launch(argv)
+    except UsageError as err:
+        if debug_requested():
+            raise
+        return report("ual train", err)
     printable = shlex.join(["accelerate", "launch", *cmd[2:]] if cmd[1] == "launch" else cmd)
     print(printable, flush=True)
     if dry_run:
         return 0
-    return subprocess.call(cmd)
+    return run_launcher(cmd)
+
+
+def check_before_launch(argv: list[str]) -> None:
+    """The checks every rank would run before its model loads, once, here: a mistake in the recipe, the data
+    or the output folder is one line before any process starts, not one per rank inside accelerate's report."""
+    import datasets
+
+    from .data import attach_smoothing
+    from .train import load_data, preflight
+
+    datasets.disable_progress_bars()  # the ranks show them; here they would come before the command line
+    run = preflight(argv)
+    dataset, _ = load_data(run)
+    attach_smoothing(dataset, run.training_args, "train_dataset")  # an unreachable smoothing_mean fails here
 
 
 if __name__ == "__main__":

@@ -20,12 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import UsageError
+
 STRATEGIES = ("uncertainty", "linear", "constant", "none", "explicit")
 # The paper's loop stops once |mean - target| < 1e-3; the closed form is exact, this is the check.
 MEAN_TOLERANCE = 1e-3
 
 
-class SmoothingMappingError(ValueError):
+class SmoothingMappingError(UsageError):
     """The requested smoothing cannot be produced from these scores."""
 
 

@@ -7,32 +7,38 @@ A run is a scenario recipe optionally followed by overlays, merged left to right
 so a baseline or a variant is written once and shared by every scenario (no copy-paste drift). A file
 may also name its parent with ``base: other.yaml`` (relative to itself). ``accelerate_config`` and
 ``num_processes`` are read by ``ual train`` to build the ``accelerate launch`` command and are not
-training arguments. ``output_dir``, when no file sets it, is ``outputs/<stem>+<stem>...``.
+training arguments. ``output_dir`` defaults to ``outputs/<stem>+<stem>...`` (see ``load_recipe``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .errors import UsageError
+
 LAUNCHER_KEYS = ("accelerate_config", "num_processes")
 
 
-def _read(path: Path, chain: tuple[Path, ...]) -> dict:
+def _read(path: Path, chain: tuple[Path, ...]) -> list[tuple[Path, dict]]:
+    """A recipe file and its ``base:`` ancestors as (file, keys) layers, the farthest ancestor first."""
     path = path.resolve()
     if path in chain:
-        raise ValueError(f"recipe {path}: `base:` chain loops back to itself ({' -> '.join(str(p) for p in chain)})")
+        raise UsageError(f"recipe {path}: `base:` chain loops back to itself ({' -> '.join(str(p) for p in chain)})")
     if not path.is_file():
-        raise FileNotFoundError(f"recipe {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise UsageError(f"recipe {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"recipe {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"recipe {path} must be a YAML mapping of keys to values")
+        raise UsageError(f"recipe {path} must be a YAML mapping of keys to values")
     base = data.pop("base", None)
     if base is None:
-        return data
-    parent = _read(path.parent / base, (*chain, path))
-    return _merge(parent, data)
+        return [(path, data)]
+    return [*_read(path.parent / base, (*chain, path)), (path, data)]
 
 
 def _merge(into: dict, new: dict) -> dict:
@@ -45,17 +51,40 @@ def _merge(into: dict, new: dict) -> dict:
     return merged
 
 
-def load_recipe(paths: list[str | Path]) -> tuple[dict, dict]:
-    """Merge recipe files left to right; returns (training config, launcher keys)."""
+@dataclass
+class Recipe:
+    """A merged recipe stack: training keys, ``ual train``'s launcher keys, and the file each key came from."""
+
+    config: dict
+    launcher: dict
+    origins: dict[str, Path] = field(default_factory=dict)
+
+
+def load_recipe(paths: list[str | Path]) -> Recipe:
+    """Merge recipe files left to right (later keys win).
+
+    ``output_dir``, when no file sets it, is ``outputs/<stem>+<stem>...``; when a file sets it, the stems of the
+    overlays after that file are appended, so ``tiny.yaml`` (``outputs/tiny``) + ``baselines/sft.yaml`` trains
+    into ``outputs/tiny+sft`` and never into the base recipe's own run.
+    """
     if not paths:
-        raise ValueError("no recipe given")
+        raise UsageError("no recipe given")
     config: dict = {}
-    for path in paths:
-        config = _merge(config, _read(Path(path), ()))
+    origins: dict[str, Path] = {}
+    output_set_by = None  # index of the last command-line file whose stack sets output_dir
+    for index, path in enumerate(paths):
+        for file, data in _read(Path(path), ()):
+            config = _merge(config, data)
+            origins.update({key: file for key in data})
+            if "output_dir" in data:
+                output_set_by = index
     launcher = {key: config.pop(key) for key in LAUNCHER_KEYS if key in config}
-    if "output_dir" not in config:
-        config["output_dir"] = "outputs/" + "+".join(Path(p).stem for p in paths)
-    return config, launcher
+    overlays = [Path(p).stem for p in paths[(output_set_by + 1 if output_set_by is not None else 0):]]
+    if output_set_by is None:
+        config["output_dir"] = "outputs/" + "+".join(overlays)
+    elif overlays:
+        config["output_dir"] = "+".join([str(config["output_dir"]).rstrip("/"), *overlays])
+    return Recipe(config, launcher, origins)
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -8,6 +8,7 @@ that names it. Data are loaded and checked before the model, so a bad score fail
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import logging
 import os
@@ -20,7 +21,11 @@ from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from .config import UALConfig
 from .data import UALMixtureConfig, load_mixture
-from .recipe import load_recipe, split_argv
+from .errors import UsageError, debug_requested, report
+from .files import looks_local
+from .processes import stop_with_parent
+from .recipe import Recipe, load_recipe, split_argv
+from .run_folder import Resume, check_output_dir, resolve_resume
 from .trainer import UALTrainer
 
 logger = logging.getLogger("ual")
@@ -36,26 +41,53 @@ class UALDataArguments(UALMixtureConfig):
     )
 
 
+class RecipeParser(TrlParser):
+    """TrlParser whose argument errors are one line (argparse would print the whole 160-line usage first)."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (`python -m ual.train --help` lists every key)")
+
+
 def make_parser() -> TrlParser:
-    return TrlParser((UALConfig, ModelConfig, UALDataArguments), prog="python -m ual.train")
+    return RecipeParser((UALConfig, ModelConfig, UALDataArguments), prog="python -m ual.train")
+
+
+def check_recipe_keys(recipe: Recipe, parser: TrlParser) -> None:
+    """An unknown key names the file it is in and the nearest known keys (TRL's own error names neither)."""
+    known = {action.dest for action in parser._actions} | {"env"}
+    for key in recipe.config:
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=2)
+            where = recipe.origins.get(key, "the recipe")
+            raise UsageError(f"{where}: unknown key {key!r}" + (f"; did you mean {' or '.join(map(repr, near))}?"
+                                                               if near else "; `python -m ual.train --help` lists every key"))
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[UALConfig, ModelConfig, UALDataArguments]:
     """Parse ``RECIPE.yaml [OVERLAY.yaml ...] [--key value ...]``; overlays and CLI flags override the recipe."""
     argv = list(sys.argv[1:] if argv is None else argv)
     recipes, flags = split_argv(argv)
+    parser = make_parser()
     if not recipes:
         if {"-h", "--help"} & set(flags):
-            make_parser().parse_args_and_config(flags)
-        raise SystemExit("usage: python -m ual.train RECIPE.yaml [OVERLAY.yaml ...] [--key value ...]  (--help lists every key)")
-    config, _launcher = load_recipe(recipes)  # launcher keys are `ual train`'s business
+            parser.parse_args_and_config(flags)
+        raise UsageError("usage: python -m ual.train RECIPE.yaml [OVERLAY.yaml ...] [--key value ...]  (--help lists every key)")
+    recipe = load_recipe(recipes)  # launcher keys are `ual train`'s business
+    check_recipe_keys(recipe, parser)
     # TRL's own parser reads the merged recipe, so YAML, env and CLI handling are exactly TRL's
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="ual-recipe-", delete=False) as merged:
-        yaml.safe_dump(config, merged, sort_keys=False)
+        yaml.safe_dump(recipe.config, merged, sort_keys=False)
     try:
-        return make_parser().parse_args_and_config(["--config", merged.name, *flags])
+        *parsed, unknown = parser.parse_args_and_config(["--config", merged.name, *flags], return_remaining_strings=True)
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as exc:  # a value rejected by a config dataclass: the user's recipe or flag
+        raise UsageError(str(exc)) from None
     finally:
         os.unlink(merged.name)
+    if unknown:
+        raise UsageError(f"unknown argument(s) {' '.join(unknown)} (`python -m ual.train --help` lists every key)")
+    return tuple(parsed)
 
 
 def _log_to_console(training_args: UALConfig) -> None:
@@ -67,47 +99,99 @@ def _log_to_console(training_args: UALConfig) -> None:
 
 
 def check_model_args(model_args: ModelConfig) -> None:
-    """Model-side mistakes that would otherwise surface only after a (long) model load."""
+    """Model-side mistakes that would otherwise surface only after data preparation or a (long) model load."""
     name = model_args.model_name_or_path
     if not name:
-        raise ValueError("the recipe has no model_name_or_path")
-    if not os.path.isdir(os.path.expanduser(name)):
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        if offline or name.startswith((".", "/", "~")):
-            raise FileNotFoundError(
-                f"model_name_or_path {name!r} is not a local folder"
-                + (" and HF_HUB_OFFLINE is set, so it cannot be downloaded" if offline else "")
-                + ". Download it where there is network (`hf download "
-                f"{name} --local-dir models/{name.rstrip('/').split('/')[-1]}`) and point model_name_or_path at that folder."
-            )
+        raise UsageError("the recipe has no model_name_or_path")
+    check_model_reachable(name, model_args.model_revision)
     if model_args.use_peft and "lm_head" in (model_args.lora_target_modules or []):
-        raise ValueError(
+        raise UsageError(
             "lora_target_modules includes 'lm_head': the smoothed loss reads lm_head's weight directly, so an adapter "
             "there would never be trained. Remove 'lm_head' from lora_target_modules."
         )
     if (model_args.load_in_4bit or model_args.load_in_8bit) and importlib.util.find_spec("bitsandbytes") is None:
-        raise ImportError("load_in_4bit/load_in_8bit (QLoRA) needs bitsandbytes: pip install bitsandbytes")
+        raise UsageError("load_in_4bit/load_in_8bit (QLoRA) needs bitsandbytes: pip install bitsandbytes")
+
+
+def check_model_reachable(name: str, revision: str | None) -> None:
+    """A local folder, a hub model in the local cache (offline), or a hub model the hub answers for, in seconds:
+    transformers would otherwise retry for a minute after the data is prepared."""
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        return
+    here = "" if os.path.isabs(path) else f" (a relative path is looked up from the current folder, {os.getcwd()})"
+    if looks_local(name):
+        raise UsageError(f"model_name_or_path {name!r}: no such folder{here}")
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    nowhere = f"model_name_or_path {name!r}: no such folder{here}, and as a hub model id"
+    cached = isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json", revision=revision), str)
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        if not cached:
+            raise UsageError(f"{nowhere} it is not in the local cache while HF_HUB_OFFLINE is set. Download it where "
+                             f"there is network (`hf download {name}`), or point model_name_or_path at a local copy")
+        return
+    try:
+        huggingface_hub.model_info(name, revision=revision, timeout=10)
+    except GatedRepoError:
+        raise UsageError(f"model_name_or_path {name!r} is gated: accept its licence on the hub and log in "
+                         "(`hf auth login`)") from None
+    except RevisionNotFoundError:
+        raise UsageError(f"model_name_or_path {name!r} has no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise UsageError(f"{nowhere} the hub has no such model (or it is private: log in with `hf auth login`)") from None
+    except Exception as exc:  # no network, DNS, proxy, timeout: all mean the hub cannot be asked
+        advice = ("it is in the local cache: set HF_HUB_OFFLINE=1 to train from the cached copy" if cached else
+                  f"it is not in the local cache either: download it where there is network (`hf download {name}`) "
+                  "and point model_name_or_path at that folder")
+        raise UsageError(f"{nowhere} the hub cannot be reached ({type(exc).__name__}: {exc}); {advice}") from None
 
 
 def resume_arg(value):
-    """``--resume_from_checkpoint true`` means the last checkpoint in output_dir, as in transformers' Trainer."""
+    """``--resume_from_checkpoint true`` means the last complete checkpoint in output_dir; ``false`` none."""
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true" or None
-    return value
+    return value or None
 
 
-def main(argv: list[str] | None = None) -> UALTrainer:
+@dataclass
+class Run:
+    """A parsed and checked command line: what to train, and where a resume starts."""
+
+    training_args: UALConfig
+    model_args: ModelConfig
+    data_args: UALDataArguments
+    resume: Resume | None
+
+
+def preflight(argv: list[str] | None = None) -> Run:
+    """Every check of the recipe, flags, model and output folder; reads only, loads no data or model."""
     training_args, model_args, data_args = parse_args(argv)
     _log_to_console(training_args)
     check_model_args(model_args)
+    requested = resume_arg(training_args.resume_from_checkpoint)
+    check_output_dir(training_args.output_dir, overwrite=training_args.overwrite_output_dir, resume=requested)
+    resume = resolve_resume(requested, training_args.output_dir)
+    return Run(training_args, model_args, data_args, resume)
 
-    # Data first: every bad score, column or path fails here, before a model is loaded
-    dataset = load_mixture(data_args.datasets, training_args)
+
+def load_data(run: Run):
+    """The checked training mixture and the held-out eval set (or None); every bad row fails here."""
+    dataset = load_mixture(run.data_args.datasets, run.training_args)
     eval_dataset = None
-    if data_args.test_split_size is not None:
-        split = dataset.train_test_split(test_size=data_args.test_split_size, seed=training_args.seed)
+    if run.data_args.test_split_size is not None:
+        split = dataset.train_test_split(test_size=run.data_args.test_split_size, seed=run.training_args.seed)
         dataset, eval_dataset = split["train"], split["test"]
-    logger.info("training on %d samples from %d dataset(s)", len(dataset), len(data_args.datasets))
+    return dataset, eval_dataset
+
+
+def main(argv: list[str] | None = None) -> UALTrainer:
+    run = preflight(argv)
+    training_args, model_args = run.training_args, run.model_args
+    # Data first: every bad score, column or path fails here, before a model is loaded
+    dataset, eval_dataset = load_data(run)
+    logger.info("training on %d samples from %d dataset(s)", len(dataset), len(run.data_args.datasets))
 
     model_init_kwargs = {
         "revision": model_args.model_revision,
@@ -125,7 +209,7 @@ def main(argv: list[str] | None = None) -> UALTrainer:
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
-    result = trainer.train(resume_from_checkpoint=resume_arg(training_args.resume_from_checkpoint))
+    result = trainer.train(resume_from_checkpoint=run.resume.checkpoint if run.resume else None)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
@@ -136,5 +220,22 @@ def main(argv: list[str] | None = None) -> UALTrainer:
     return trainer
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m ual.train``: the user's mistakes are one ``error:`` line (``UAL_DEBUG=1``: the traceback)."""
+    stop_with_parent()
+    try:
+        main(argv)
+    except UsageError as exc:
+        if debug_requested():
+            raise
+        rank = os.environ.get("RANK")
+        return report("ual train" + (f" (rank {rank})" if rank and os.environ.get("WORLD_SIZE", "1") != "1" else ""), exc)
+    except KeyboardInterrupt:
+        print("ual train: interrupted; complete checkpoints are kept (resume with --resume_from_checkpoint true)",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -21,16 +21,18 @@ import os
 import shutil
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import ModelOutput
 from trl import SFTTrainer, pack_dataset
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
+from . import run_folder
 from .config import UALConfig
+from .errors import UsageError
 from .data import (
     SAMPLE_SMOOTHING,
     TOKEN_SMOOTHING,
@@ -38,10 +40,11 @@ from .data import (
     attach_smoothing,
     expand_smoothing,
 )
+from .files import apply_umask, write_atomic
 from .loss import smoothed_cross_entropy
+from .run_folder import SETTINGS_FILE
 
 logger = logging.getLogger("ual")
-SETTINGS_FILE = "ual_smoothing.json"
 # Config attributes that rescale or cap the logits; the smoothed head does not reproduce them (yet).
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
 
@@ -63,9 +66,9 @@ def resolve_loss_compile(requested: bool | None, device: torch.device) -> bool:
     if requested is None:
         return device.type == "cuda" and has_triton
     if requested and device.type == "cuda" and not has_triton:
-        raise ValueError("loss_compile=True on CUDA needs Triton (pip install triton); or set loss_compile: false")
+        raise UsageError("loss_compile=True on CUDA needs Triton (pip install triton); or set loss_compile: false")
     if requested and device.type == "cpu" and not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
-        raise ValueError("loss_compile=True on a CPU needs a C++ compiler (g++) for torch.compile; or set "
+        raise UsageError("loss_compile=True on a CPU needs a C++ compiler (g++) for torch.compile; or set "
                          "loss_compile: false")
     return requested
 
@@ -76,7 +79,7 @@ def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compile
     for name in _LOGIT_TRANSFORMS:
         value = getattr(text_config, name, None)
         if value is not None and value != 1.0:
-            raise ValueError(
+            raise UsageError(
                 f"{type(model).__name__} transforms its logits ({name}={value}); UALTrainer's smoothed loss head "
                 "does not support that yet"
             )
@@ -130,14 +133,14 @@ class UALTrainer(SFTTrainer):
         if not isinstance(args, UALConfig):
             raise TypeError(f"UALTrainer needs a UALConfig, got {type(args).__name__}")
         if data_collator is not None:
-            raise ValueError("UALTrainer builds its own collator (it must carry the smoothing column); drop data_collator")
+            raise UsageError("UALTrainer builds its own collator (it must carry the smoothing column); drop data_collator")
         if args.label_smoothing_factor:
-            raise ValueError(
+            raise UsageError(
                 "label_smoothing_factor is SFTTrainer's global smoothing; with UALTrainer use "
                 "smoothing_strategy='constant' and smoothing_mean instead"
             )
         if args.loss_type != "nll":
-            raise ValueError(f"UALTrainer smooths the NLL loss; loss_type={args.loss_type!r} is not supported")
+            raise UsageError(f"UALTrainer smooths the NLL loss; loss_type={args.loss_type!r} is not supported")
         loss_compile = resolve_loss_compile(args.loss_compile, args.device)  # before the model loads
         if not isinstance(train_dataset, Dataset):
             raise TypeError(
@@ -147,7 +150,7 @@ class UALTrainer(SFTTrainer):
         skip = bool((args.dataset_kwargs or {}).get("skip_prepare_dataset"))
         if skip:
             if TOKEN_SMOOTHING not in train_dataset.column_names:
-                raise ValueError(
+                raise UsageError(
                     f"skip_prepare_dataset=True needs a per-token {TOKEN_SMOOTHING!r} column next to input_ids/labels"
                 )
             self.smoothing_map, self.smoothing_report = None, None
@@ -165,9 +168,9 @@ class UALTrainer(SFTTrainer):
                          processing_class=processing_class, **kwargs)
 
         if self._is_vision_dataset:
-            raise ValueError("UALTrainer does not support vision datasets yet")
+            raise UsageError("UALTrainer does not support vision datasets yet")
         if self.aux_loss_enabled:
-            raise ValueError("UALTrainer does not add the MoE router auxiliary loss yet; set router_aux_loss_coef=0")
+            raise UsageError("UALTrainer does not add the MoE router auxiliary loss yet; set router_aux_loss_coef=0")
         self.data_collator = SmoothingCollator(
             pad_token_id=self._tokenizer.pad_token_id,
             padding_free=self.padding_free,
@@ -179,8 +182,8 @@ class UALTrainer(SFTTrainer):
             chunk_size=args.loss_chunk_size,
             compiled=loss_compile,
         )
-        logger.info("UAL loss head: chunk %s tokens, %s", args.loss_chunk_size or "automatic",
-                    "compiled (torch.compile)" if loss_compile else "eager")
+        logger.info("UAL loss head: chunk %s tokens, %s; training on %s", args.loss_chunk_size or "automatic",
+                    "compiled (torch.compile)" if loss_compile else "eager", args.device)
         if self.smoothing_report is not None:
             self._check_ranks_agree(*fitted_on)
 
@@ -203,19 +206,43 @@ class UALTrainer(SFTTrainer):
         )
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
-        """Refuse to resume a checkpoint trained with other smoothing settings or another mapping."""
-        if resume_from_checkpoint:
-            path = resume_from_checkpoint
-            if path is True:
-                path = get_last_checkpoint(self.args.output_dir)
-            if path is not None and self.smoothing_report is not None:
-                self._check_resume(path)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        """SFTTrainer's train, guarded: never over a finished run, and resume only from a complete checkpoint.
+
+        ``resume_from_checkpoint=True`` picks the newest complete checkpoint (a kill while saving leaves the newest
+        one incomplete; it is skipped with a warning). Without a resume, an ``output_dir`` that holds a run is
+        refused unless ``overwrite_output_dir``, which first removes that run's files.
+        """
+        run_folder.check_output_dir(self.args.output_dir, overwrite=self.args.overwrite_output_dir,
+                                    resume=resume_from_checkpoint)
+        resume = run_folder.resolve_resume(resume_from_checkpoint, self.args.output_dir)
+        if resume is None:
+            if self.args.overwrite_output_dir and run_folder.run_entries(self.args.output_dir):
+                if self.args.should_save:
+                    run_folder.clear_run(self.args.output_dir)
+                self.accelerator.wait_for_everyone()
+        else:
+            if self.smoothing_report is not None:
+                self._check_resume(resume.checkpoint)
+            logger.info("resuming from %s (global step %d)", resume.checkpoint, resume.step)
+        output = super().train(resume_from_checkpoint=resume.checkpoint if resume else None, trial=trial, **kwargs)
+        first = resume.step + 1 if resume else 1
+        output.metrics["train_loss_first_step"] = first  # train_loss is the mean over these steps
+        output.metrics["train_loss_last_step"] = output.global_step
+        if resume:
+            output.metrics["resumed_from_step"] = resume.step
+            logger.info("train_loss %.4f is the mean over steps %d-%d, the steps run since the resume at step %d; "
+                        "trainer_state.json's log_history holds the whole run", output.training_loss, first,
+                        output.global_step, resume.step)
+        return output
 
     def _check_resume(self, checkpoint: str) -> None:
+        """A complete checkpoint must come from UALTrainer with the same smoothing settings and mapping."""
         saved_path = os.path.join(checkpoint, SETTINGS_FILE)
         if not os.path.isfile(saved_path):
-            raise ValueError(f"cannot resume from {checkpoint}: it has no {SETTINGS_FILE} (not a UALTrainer checkpoint)")
+            raise UsageError(
+                f"cannot resume from {checkpoint}: it is a complete Trainer checkpoint but has no {SETTINGS_FILE}, so "
+                "it was not written by UALTrainer; its smoothing cannot be checked against this run's"
+            )
         with open(saved_path) as f:
             saved = json.load(f)
         now = {"settings": self.args.smoothing_settings(), "mapping": self.smoothing_report.mapping}
@@ -227,12 +254,12 @@ class UALTrainer(SFTTrainer):
             if not _same(then[part].get(key), value)
         ]
         if diffs:
-            raise ValueError(f"cannot resume from {checkpoint} with different smoothing: " + "; ".join(diffs))
+            raise UsageError(f"cannot resume from {checkpoint} with different smoothing: " + "; ".join(diffs))
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         if SAMPLE_SMOOTHING not in dataset.column_names:  # an eval set: apply the mapping fitted on train
             if self.smoothing_map is None:
-                raise ValueError(f"{dataset_name} dataset has no smoothing column and no mapping was fitted")
+                raise UsageError(f"{dataset_name} dataset has no smoothing column and no mapping was fitted")
             dataset, _, report = attach_smoothing(dataset, args, f"{dataset_name}_dataset", fitted=self.smoothing_map)
             logger.info("UAL smoothing for %s: %s", dataset_name, report.overall)
         before = len(dataset)
@@ -302,16 +329,17 @@ class UALTrainer(SFTTrainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save and os.path.isdir(output_dir):
+            for name in os.listdir(output_dir):  # safetensors writes 0600 files: give them the user's umask
+                if name.endswith(".safetensors"):
+                    apply_umask(os.path.join(output_dir, name))
         if self.args.should_save and self.smoothing_report is not None:
-            output_dir = output_dir or self.args.output_dir
             os.makedirs(output_dir, exist_ok=True)
-            with open(os.path.join(output_dir, SETTINGS_FILE), "w") as f:
-                json.dump(
-                    {
-                        "settings": self.args.smoothing_settings(),
-                        "statistics": self.smoothing_report.to_dict(),
-                        "dropped_samples": self.dropped_samples,
-                    },
-                    f,
-                    indent=2,
-                )
+            saved = {
+                "settings": self.args.smoothing_settings(),
+                "statistics": self.smoothing_report.to_dict(),
+                "dropped_samples": self.dropped_samples,
+            }
+            write_atomic(os.path.join(output_dir, SETTINGS_FILE),
+                         lambda tmp: Path(tmp).write_text(json.dumps(saved, indent=2)))

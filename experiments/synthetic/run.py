@@ -61,7 +61,8 @@ def train_and_evaluate(out: Path, arm: str, seed: int, epochs: float, heldout_na
     if (run_dir / "synthetic_metrics.json").exists():
         return json.loads((run_dir / "synthetic_metrics.json").read_text())
     cmd = [sys.executable, "-m", "ual.train", str(HERE / "ual.yaml"), *[str(REPO / p) for p in ARMS[arm]],
-           str(out / "paths.yaml"), "--output_dir", str(run_dir), "--seed", str(seed), "--num_train_epochs", str(epochs)]
+           str(out / "paths.yaml"), "--output_dir", str(run_dir), "--seed", str(seed), "--num_train_epochs", str(epochs),
+           "--overwrite_output_dir", "true"]  # a run without metrics was cut short: train it again from scratch
     proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{arm} seed {seed} failed:\n{proc.stderr[-3000:]}")
