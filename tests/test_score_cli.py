@@ -76,14 +76,14 @@ def test_unknown_columns_and_unknown_format(tmp_path, server, capsys):
 def test_row_that_does_not_match_its_format(tmp_path, server, capsys):
     rows = [{"conversations": [{"from": "human", "value": "hi"}]}, {"conversations": [{"speaker": "x"}]}]
     assert run(tmp_path, server, rows=rows) == 2
-    assert "row 1: cannot read it as format 'conversations'" in error_of(capsys)
+    assert "row 1 (0-based), column 'conversations', turn 0, key 'from': null" in error_of(capsys)
 
 
 def test_output_that_cannot_be_written(tmp_path, server, capsys):
     (tmp_path / "blocker").write_text("a file, not a folder")
     assert run(tmp_path, server, output="blocker/out.jsonl") == 2
     assert "cannot write the output" in error_of(capsys)
-    assert run(tmp_path, server, output="out.csv") == 2
+    assert run(tmp_path, server, output="out.tsv") == 2
     assert "unsupported type" in error_of(capsys)
     assert server.requests == []
 

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from ual.files import write_atomic
 from ual.score import data
 from ual.score.cache import CacheWriter, read_cache, sample_key
 from ual.score.nll import nll_to_scores, nll_version
@@ -216,17 +217,17 @@ def test_reads_jsonl_json_array_and_parquet_and_writes_both(tmp_path):
 def test_bad_inputs_and_outputs(tmp_path):
     with pytest.raises(data.DataError, match="not found"):
         data.read_rows(str(tmp_path / "missing.jsonl"))
-    (tmp_path / "x.csv").write_text("a,b\n")
+    (tmp_path / "x.tsv").write_text("a\tb\n")
     with pytest.raises(data.DataError, match="unsupported input"):
-        data.read_rows(str(tmp_path / "x.csv"))
+        data.read_rows(str(tmp_path / "x.tsv"))
     (tmp_path / "broken.jsonl").write_text('{"text": "a"}\n{"text": \n')
-    with pytest.raises(data.DataError, match="broken.jsonl:2"):
+    with pytest.raises(data.DataError, match="broken.jsonl: line 2: not valid JSON"):
         data.read_rows(str(tmp_path / "broken.jsonl"))
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(data.DataError, match="no rows"):
         data.read_rows(str(tmp_path / "empty.jsonl"))
     with pytest.raises(data.DataError, match="unsupported type"):
-        data.check_output(tmp_path / "out.csv")
+        data.check_output(tmp_path / "out.tsv")
     (tmp_path / "file").write_text("")
     with pytest.raises(data.DataError, match="cannot write"):
         data.check_output(tmp_path / "file" / "out.jsonl")
@@ -242,6 +243,6 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
         raise RuntimeError("crash mid-write")
 
     with pytest.raises(RuntimeError):
-        data.write_atomic(target, explode)
+        write_atomic(target, explode)
     assert target.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]

@@ -1,7 +1,7 @@
 """The results cache: one JSON line per judge answer, appended and flushed as it arrives.
 
 Judge calls cost money and time, so nothing a judge said is ever lost: a crash or Ctrl-C loses at
-most the line being written (a torn last line is skipped on reading), and rerunning the same
+most the line being written (a torn last line is removed by ``repair_cache`` on the next run), and rerunning the same
 command asks only for what has no score yet. Records are keyed by ``sample_key``: the rendered
 sample, the prompt version and the judge, so a change to any of them asks again.
 Failed answers are recorded too (for the record) but do not count as answered: a rerun asks again.
@@ -15,6 +15,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from ual.files import is_json, write_atomic
 
 
 def sample_key(rendered: str, prompt_version: str, judge: str) -> str:
@@ -44,6 +46,23 @@ def read_cache(path: str | Path, warn=None) -> dict[str, dict]:
     if skipped:
         (warn or _stderr)(f"cache {path}: skipped {skipped} unreadable line(s) (an interrupted write); those samples will be asked again")
     return found
+
+
+def repair_cache(path: str | Path) -> int:
+    """Rewrite the cache without its unreadable lines (a torn last line from a kill); returns how many.
+
+    Only while holding the output's lock: no other run appends meanwhile. Without this, every later run would
+    warn about the same torn line forever."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        lines = fh.read().splitlines()
+    good = [line for line in lines if line.strip() and is_json(line)]
+    dropped = sum(1 for line in lines if line.strip()) - len(good)
+    if dropped:
+        write_atomic(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in good), encoding="utf-8"))
+    return dropped
 
 
 def _answered(record: dict) -> bool:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
 
 from ual.score import data
-from ual.score.cache import CacheWriter, read_cache
+from ual.errors import UsageError
+from ual.files import OutputLock, remove_stale_temps, write_atomic
+from ual.score.cache import CacheWriter, read_cache, repair_cache
 from ual.score.redact import Redactor
 from ual.score.rubric import TemplateError, load_template
 from ual.score.runner import PROVENANCE_COLUMNS, Outcome, SampleError, assemble, plan_samples
@@ -25,10 +28,6 @@ from ual.score.summary import RunStats, format_summary, plot_histograms
 JUDGES = ("openai", "hf", "model-nll", "prior")
 EXIT_OK, EXIT_FAILED_SAMPLES, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 DESCRIPTION = "Score every sample's uncertainty (0-99) with a judge; write the dataset back with an 'uncertainty' column."
-
-
-class UsageError(RuntimeError):
-    """A problem with the command line or its environment, reported without a traceback."""
 
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -127,19 +126,53 @@ def _run(args) -> int:
     model = args.model or os.environ.get("UAL_JUDGE_MODEL")
     if args.judge != "prior" and not model:
         raise UsageError(f"--judge {args.judge} needs a model: pass --model or set UAL_JUDGE_MODEL")
+    out_path = Path(os.path.expanduser(args.output))
+    cache_path = Path(os.path.expanduser(args.cache)) if args.cache else Path(str(out_path) + ".cache.jsonl")
     rows = data.read_rows(args.input, split=args.split, config=args.config)
     if args.limit is not None:
         rows = rows[: args.limit]
     formats = _resolve_formats(args.format, rows, args.input)
+    _check_rows(rows, formats)
     replaced = sorted({c for row in rows for c in PROVENANCE_COLUMNS if c in row})
     if replaced:
         print(f"ual score: warning: the input already has {', '.join(replaced)}; this run replaces them", file=sys.stderr)
     default_source = args.source or data.default_source(args.input)
     sources = [row["source"] if isinstance(row.get("source"), str) else default_source for row in rows]
-    output = None if args.dry_run else data.check_output(args.output)
-    if args.judge == "prior":
-        return _run_prior(args, rows, sources, output)
+    output = None
+    with contextlib.ExitStack() as held:
+        if not args.dry_run:  # everything that could fail after paying is checked now, under the output's lock
+            output = data.check_output(args.output, inputs=(args.input,))
+            data.check_rows_writable(rows, output, extra=dict.fromkeys(PROVENANCE_COLUMNS, "x") | {"uncertainty": 1.0})
+            targets = [output] if args.judge == "prior" else [output, cache_path]
+            if args.judge != "prior" and cache_path.resolve() in {Path(os.path.expanduser(args.input)).resolve(),
+                                                                  output.resolve()}:
+                raise UsageError(f"--cache {cache_path} is the input or the output file; choose another cache path")
+            for target in targets:
+                lock = held.enter_context(OutputLock(target, "ual score"))
+                if lock.took_over:
+                    print(f"ual score: note: took over {lock.path}, left by a run that ended without releasing it "
+                          f"({lock.took_over})", file=sys.stderr)
+            for stale in [*remove_stale_temps(output), *remove_stale_temps(Path(str(output) + ".failures.jsonl"))]:
+                print(f"ual score: note: removed {stale}, a temporary file left by an interrupted write", file=sys.stderr)
+            if args.judge != "prior" and (dropped := repair_cache(cache_path)):
+                print(f"ual score: note: cache {cache_path}: removed {dropped} unreadable line(s) left by an interrupted "
+                      "write; those samples are asked again", file=sys.stderr)
+        if args.judge == "prior":
+            return _run_prior(args, rows, sources, output)
+        return _run_judge(args, model, rows, formats, sources, output, cache_path)
 
+
+def _check_rows(rows: list[dict], formats: list[str]) -> None:
+    """Every row has the fields its format reads (before anything is sent)."""
+    from ual.formats import row_problem
+
+    for index, (row, fmt) in enumerate(zip(rows, formats)):
+        problem = row_problem(row, fmt)
+        if problem is not None:
+            raise SampleError(f"row {index} (0-based), {problem} (format {fmt!r})")
+
+
+def _run_judge(args, model, rows, formats, sources, output, cache_path) -> int:
     if args.judge == "model-nll":
         from ual.score.nll import NLL_VERSION, nll_version
 
@@ -152,8 +185,6 @@ def _run(args) -> int:
         key_version = prompt_version
         method = f"judge:{args.judge}:{model}"
     samples, row_keys = plan_samples(rows, formats, template, key_version, method)
-    out_path = Path(os.path.expanduser(args.output))
-    cache_path = Path(os.path.expanduser(args.cache)) if args.cache else Path(str(out_path) + ".cache.jsonl")
     cache = read_cache(cache_path)
     outcomes = {s.key: Outcome.from_record(rec) for s in samples if (rec := _cached(cache, s.key, args.judge))}
     todo = [s for s in samples if s.key not in outcomes]
@@ -333,7 +364,7 @@ def _write_and_report(args, output, rows, sources, row_scores, row_replies, meth
     data.write_rows(output, assemble(rows, row_scores, row_replies, method, prompt_version))
     failures_path = Path(str(output) + ".failures.jsonl")
     if failures:
-        data.write_atomic(failures_path, lambda tmp: data.write_jsonl(tmp, failures))
+        write_atomic(failures_path, lambda tmp: data.write_jsonl(tmp, failures))
     elif failures_path.exists():
         failures_path.unlink()  # a stale list from an earlier run would mislead
     if args.plot:
