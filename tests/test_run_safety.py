@@ -250,6 +250,19 @@ def test_saved_model_files_follow_the_umask(tmp_path, tiny_model_path, one_threa
             assert (tmp_path / f"saved-{mask:o}" / name).stat().st_mode & 0o777 == mode, name
 
 
+def test_eval_and_report_folders_follow_the_umask(tmp_path):
+    from ual.eval.outputs import AtomicDir
+
+    previous = os.umask(0o027)
+    try:
+        with AtomicDir(tmp_path / "eval" / "gsm8k", overwrite=False) as tmp:  # what ual eval and ual report use
+            (tmp / "results.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "eval" / "gsm8k").stat().st_mode & 0o777 == 0o750, "mkdtemp's 0700 would hide it"
+    assert (tmp_path / "eval" / "gsm8k" / "results.json").stat().st_mode & 0o777 == 0o640
+
+
 # --- a hub model that cannot be reached --------------------------------------------------------------------
 
 
