@@ -91,11 +91,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[UALConfig, ModelConfig, U
 
 
 def _log_to_console(training_args: UALConfig) -> None:
-    if training_args.should_log and not logger.handlers:
+    """``[ual]`` lines from the main process only (the other ranks would repeat every warning)."""
+    if logger.handlers:
+        return
+    if training_args.should_log:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("[ual] %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    else:
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
 
 
 def check_model_args(model_args: ModelConfig) -> None:
@@ -120,6 +126,8 @@ def check_model_reachable(name: str, revision: str | None) -> None:
     if os.path.isdir(path):
         return
     here = "" if os.path.isabs(path) else f" (a relative path is looked up from the current folder, {os.getcwd()})"
+    if os.path.exists(path):
+        raise UsageError(f"model_name_or_path {name!r} is a file; point it at the model's folder")
     if looks_local(name):
         raise UsageError(f"model_name_or_path {name!r}: no such folder{here}")
     import huggingface_hub

@@ -215,12 +215,11 @@ class UALTrainer(SFTTrainer):
         run_folder.check_output_dir(self.args.output_dir, overwrite=self.args.overwrite_output_dir,
                                     resume=resume_from_checkpoint)
         resume = run_folder.resolve_resume(resume_from_checkpoint, self.args.output_dir)
-        if resume is None:
-            if self.args.overwrite_output_dir and run_folder.run_entries(self.args.output_dir):
-                if self.args.should_save:
-                    run_folder.clear_run(self.args.output_dir)
-                self.accelerator.wait_for_everyone()
-        else:
+        if resume is None and self.args.overwrite_output_dir:
+            if self.args.should_save:
+                run_folder.clear_run(self.args.output_dir)
+            self.accelerator.wait_for_everyone()  # on every rank alike: no rank starts writing before the removal
+        elif resume is not None:
             if self.smoothing_report is not None:
                 self._check_resume(resume.checkpoint)
             logger.info("resuming from %s (global step %d)", resume.checkpoint, resume.step)

@@ -116,6 +116,8 @@ def check_output(path: str | Path, inputs: tuple[str | Path, ...] = ()) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
             pass
+    except FileNotFoundError:
+        pass  # the probe was written, then removed by the run that holds this output's lock (stale-file cleanup)
     except OSError as exc:
         raise DataError(f"cannot write the output in {str(parent)!r}: {exc.strerror or exc}") from None
     return path
