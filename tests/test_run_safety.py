@@ -173,20 +173,20 @@ def test_resume_true_skips_an_incomplete_newest_checkpoint_and_names_it(real_run
 
 
 @pytest.mark.slow
-def test_a_foreign_and_an_incomplete_checkpoint_get_different_accurate_messages(real_run, tmp_path):
+def test_a_foreign_and_an_incomplete_checkpoint_get_different_accurate_messages(real_run, tmp_path, capsys,
+                                                                                 monkeypatch, one_thread):
     out = copy_run(real_run, tmp_path)
     (out / "checkpoint-4" / "ual_smoothing.json").unlink()  # a complete checkpoint of another trainer
     (out / "checkpoint-8" / "trainer_state.json").unlink()  # an interrupted save
-    args = ["recipes/tiny.yaml", "--output_dir", str(out), "--max_steps", "10"]
-    foreign = subprocess.run([sys.executable, "-m", "ual.train", *args, "--resume_from_checkpoint",
-                              str(out / "checkpoint-4")], cwd=REPO, env=env(), capture_output=True, text=True)
-    assert foreign.returncode == 2
-    assert "is a complete Trainer checkpoint but has no ual_smoothing.json, so it was not written by UALTrainer" in \
-        foreign.stderr
-    incomplete = subprocess.run([sys.executable, "-m", "ual.train", *args, "--resume_from_checkpoint",
-                                 str(out / "checkpoint-8")], cwd=REPO, env=env(), capture_output=True, text=True)
-    assert incomplete.returncode == 2 and "is an incomplete checkpoint (no trainer_state.json" in incomplete.stderr
-    assert "UALTrainer" not in incomplete.stderr
+    monkeypatch.chdir(REPO)
+    args = ["recipes/tiny.yaml", "--output_dir", str(out), "--max_steps", "10", "--resume_from_checkpoint"]
+    assert cli([*args, str(out / "checkpoint-4")]) == 2  # found when the mapping is fitted: after the [ual] log
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and ("is a complete Trainer checkpoint but has no ual_smoothing.json, so it was not "
+                                 "written by UALTrainer") in errors[0]
+    assert cli([*args, str(out / "checkpoint-8")]) == 2
+    line = error_line(capsys)
+    assert "is an incomplete checkpoint (no trainer_state.json" in line and "UALTrainer" not in line
 
 
 @pytest.mark.slow
