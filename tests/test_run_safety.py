@@ -190,44 +190,43 @@ def test_a_foreign_and_an_incomplete_checkpoint_get_different_accurate_messages(
 
 
 @pytest.mark.slow
-def test_rerun_refused_overwrite_replaces_and_resume_continues_from_the_last_complete_checkpoint(real_run, tmp_path):
+def test_rerun_refused_overwrite_replaces_and_resume_continues_from_the_last_complete_checkpoint(
+        real_run, tmp_path, capsys, caplog, monkeypatch, one_thread):
     """The way it was found: a second command on a finished run's folder, then a kill while saving."""
+    monkeypatch.chdir(REPO)
     out = copy_run(real_run, tmp_path)
     (out / "eval" / "gsm8k").mkdir(parents=True)
     (out / "eval" / "gsm8k" / "results.json").write_text('{"accuracy": 0.5}')
     (out / "notes.txt").write_text("mine")
-    base = ["recipes/tiny.yaml", "--output_dir", str(out), "--save_strategy", "steps", "--save_steps", "4",
-            "--save_total_limit", "3", "--logging_steps", "1"]
+    base = ["recipes/tiny.yaml", "--save_strategy", "steps", "--save_steps", "4", "--save_total_limit", "3",
+            "--logging_steps", "1"]
     before = snapshot(out)
-    again = subprocess.run([sys.executable, "-m", "ual.train", *base, "--max_steps", "8"], cwd=REPO, env=env(),
-                           capture_output=True, text=True, timeout=600)
-    assert again.returncode == 2 and "already holds a run" in again.stderr and snapshot(out) == before
+    assert cli([*base, "--output_dir", str(out), "--max_steps", "8"]) == 2
+    assert "already holds a run" in error_line(capsys) and snapshot(out) == before
 
     # kill -9 while checkpoint-12 is written leaves its weights cut short and no trainer_state.json yet
     resumed = copy_run(real_run, tmp_path / "r")
+    (resumed / "checkpoint-12").mkdir()
     for name in ("model.safetensors", "optimizer.pt"):
-        (resumed / "checkpoint-12").mkdir(exist_ok=True)
         shutil.copy(resumed / "checkpoint-8" / name, resumed / "checkpoint-12" / name)
     cut(resumed / "checkpoint-12" / "optimizer.pt")
-    proc = subprocess.run([sys.executable, "-m", "ual.train", *base[:2], str(resumed), *base[3:], "--max_steps", "12",
-                           "--resume_from_checkpoint", "true"], cwd=REPO, env=env(), capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"skipping incomplete checkpoint {resumed / 'checkpoint-12'}: no trainer_state.json" in proc.stderr
-    assert f"resuming from {resumed / 'checkpoint-8'} (global step 8)" in proc.stderr
+    with caplog.at_level(logging.INFO, logger="ual"):
+        assert cli([*base, "--output_dir", str(resumed), "--max_steps", "12", "--resume_from_checkpoint", "true"]) == 0
+    assert f"skipping incomplete checkpoint {resumed / 'checkpoint-12'}: no trainer_state.json" in caplog.text
+    assert f"resuming from {resumed / 'checkpoint-8'} (global step 8)" in caplog.text
+    assert "is the mean over steps 9-12, the steps run since the resume at step 8" in caplog.text
     results = json.loads((resumed / "train_results.json").read_text())
     assert results["resumed_from_step"] == 8 and results["train_loss_first_step"] == 9
     assert results["train_loss_last_step"] == 12
-    assert "is the mean over steps 9-12, the steps run since the resume at step 8" in proc.stderr
 
     # overwriting removes the old run first: no stale eval survives, the user's own file does
-    proc = subprocess.run([sys.executable, "-m", "ual.train", *base, "--max_steps", "4", "--overwrite_output_dir",
-                           "true"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ual"):
+        assert cli([*base, "--output_dir", str(out), "--max_steps", "4", "--overwrite_output_dir", "true"]) == 0
     assert not (out / "eval").exists() and not (out / "checkpoint-8").exists()
     assert (out / "notes.txt").read_text() == "mine"
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
-    assert "kept notes.txt" in proc.stderr
+    assert "kept notes.txt" in caplog.text
 
 
 # --- files the user's group can read ---------------------------------------------------------------------

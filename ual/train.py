@@ -90,12 +90,24 @@ def parse_args(argv: list[str] | None = None) -> tuple[UALConfig, ModelConfig, U
     return tuple(parsed)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a line is logged (a notebook or pytest swaps it between runs)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def _log_to_console(training_args: UALConfig) -> None:
     """``[ual]`` lines from the main process only (the other ranks would repeat every warning)."""
     if logger.handlers:
         return
     if training_args.should_log:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[ual] %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
