@@ -97,6 +97,13 @@ def test_a_folder_holding_a_run_is_refused_before_the_model_loads(tmp_path, caps
     assert snapshot(out) == before
 
 
+def test_an_output_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "out").write_text("my notes")
+    assert cli([recipe(tmp_path)]) == 2
+    assert f"output_dir {tmp_path / 'out'} is a file, not a folder" in error_line(capsys)
+    assert (tmp_path / "out").read_text() == "my notes"
+
+
 def test_a_folder_with_only_unrelated_files_is_not_a_run(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

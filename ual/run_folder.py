@@ -54,6 +54,8 @@ def run_entries(output_dir: str | os.PathLike) -> list[str]:
 
 def check_output_dir(output_dir: str, *, overwrite: bool, resume) -> None:
     """Refuse an ``output_dir`` that holds a run, unless the run is resumed or ``overwrite`` is set."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UsageError(f"output_dir {output_dir} is a file, not a folder")
     if resume and overwrite:
         checkpoint = None if resume is True else Path(resume).resolve()
         if checkpoint is None or checkpoint.is_relative_to(Path(output_dir).resolve()):
