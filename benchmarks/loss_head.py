@@ -11,6 +11,7 @@ Variants (what a user of TRL 1.16 would otherwise run, and the floor):
   d  ual_paper      this project's chunked per-sample smoothing, paper convention
   d  ual_uniform    the same, uniform convention
   d  ual_*_compiled the same two with compiled=True: torch.compile fuses each chunk's elementwise work
+  d  ual_paper_sample  ual_paper with loss_normalization 'sample': each token weighted 1/n_i by the head
   e  floor          the three products the head cannot avoid: logits, grad of hidden, grad of weight
 
 Every variant is first checked against a float64 full-logits reference at the benchmark's own size; a variant
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 VARIANTS = ["trl_fused", "trl_ls", "naive", "ual_paper", "ual_uniform", "ual_paper_compiled", "ual_uniform_compiled",
-            "floor"]
+            "ual_paper_sample", "floor"]
 LS_EPS = 0.1
 
 
@@ -54,6 +55,14 @@ def make_inputs(n, h, v, dtype, device, seed=0):
         eps[i : i + length] = float(torch.rand(1, generator=g)) * 0.3
         i += length
     return hidden, weight, labels, eps.to(device)
+
+
+def sample_weights(eps):
+    """1/n_i per token and the sample count, for make_inputs' samples (each a run of one eps)."""
+    from ual.loss import sample_token_weights
+
+    starts = torch.cat([torch.ones(1, dtype=torch.long, device=eps.device), (eps[1:] != eps[:-1]).long()])
+    return sample_token_weights(starts.cumsum(0))
 
 
 def run_variant(name, hidden, weight, labels, eps, chunk_size=None):
@@ -86,11 +95,12 @@ def run_variant(name, hidden, weight, labels, eps, chunk_size=None):
     elif name.startswith("ual_"):
         from ual.loss import smoothed_cross_entropy
 
+        weights, samples = sample_weights(eps) if name.endswith("_sample") else (None, n)
         out = smoothed_cross_entropy(
             hidden, weight, labels, eps, convention=name.split("_")[1], chunk_size=chunk_size,
-            compiled=name.endswith("_compiled"),
+            compiled=name.endswith("_compiled"), token_weight=weights,
         )
-        loss = out.loss.sum() / n
+        loss = out.loss.sum() / samples
     elif name == "floor":
         with torch.no_grad():
             z = hidden @ weight.t()
@@ -119,7 +129,11 @@ def reference(name, hidden, weight, labels, eps):
         per = (1 - e) * nll - e * logp.mean(-1)
     else:  # paper convention: naive and ual_paper
         per = (1 - e) * nll + e * (-(logp.sum(-1) + nll) / (vocab - 1))
-    loss = per.mean()
+    if name.endswith("_sample"):
+        weights, samples = sample_weights(eps)
+        loss = (per * weights.to(per.device)).sum() / samples
+    else:
+        loss = per.mean()
     loss.backward()
     return loss.detach(), h.grad, w.grad
 

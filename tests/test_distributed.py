@@ -80,6 +80,22 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, sing
     assert json.loads((out / "ual_smoothing.json").read_text())["settings"]["smoothing_strategy"] == "uncertainty"
 
 
+def test_sample_normalisation_two_processes_match_one_with_packing(tmp_path):
+    """loss_normalization: sample counts samples across processes as TRL counts tokens: 2 x 8 packed sequences,
+    padding-free, give the losses of 1 x 16."""
+    flags = ["recipes/tiny.yaml", *STEPS, "--loss_normalization", "sample", "--packing", "true", "--max_length", "128"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    log = run([sys.executable, "-m", "ual.train", *flags, "--output_dir", str(one), "--per_device_train_batch_size",
+               "16"], tmp_path / "one.txt")
+    assert "mean 0.1000 per sample" in log  # the mapping's mean is what 'sample' applies (no row was dropped)
+    run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" /
+         "cpu_ddp.yaml"), "-m", "ual.train", *flags, "--output_dir", str(two), "--per_device_train_batch_size", "8"],
+        tmp_path / "two.txt")
+    (steps_one, want), (steps_two, got) = losses(one), losses(two)
+    assert steps_one == steps_two == 8
+    assert got == pytest.approx(want, rel=LOSS_RTOL), f"{got} vs single process {want}"
+
+
 @pytest.mark.parametrize("quantized", [False, True], ids=["lora", "qlora"])
 def test_lora_and_qlora_save_an_adapter_that_reloads_and_generates(tmp_path, quantized):
     from peft import PeftModel

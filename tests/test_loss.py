@@ -35,17 +35,22 @@ def make_inputs(n=53, h=24, v=97, dtype=torch.float64, seed=0, bias=False):
 @pytest.mark.parametrize("convention", ["paper", "uniform"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("chunk_size", [1, 7, 1000])
-@pytest.mark.parametrize("upstream_kind", ["mean", "per-token"])
+@pytest.mark.parametrize("upstream_kind", ["mean", "per-token", "token-weighted mean", "token-weighted per-token"])
 def test_values_and_gradients_match_full_logits_reference(convention, bias, chunk_size, upstream_kind):
-    """'mean': the trainer's case, gradients formed in the forward; 'per-token': any weighting, recomputed."""
+    """'mean': the trainer's case, gradients formed in the forward; 'per-token': any weighting, recomputed;
+    'token-weighted': the head weights each token (sample normalisation, 1/n_i), then the same two upstreams."""
     hidden, weight, b, labels, eps = make_inputs(bias=bias)
     n = labels.shape[0]
-    upstream = torch.full((n,), 1 / n, dtype=torch.float64) if upstream_kind == "mean" else torch.randn(n, dtype=torch.float64)
+    g = torch.Generator().manual_seed(7)
+    upstream = torch.full((n,), 1 / n, dtype=torch.float64) if upstream_kind.endswith("mean") else \
+        torch.randn(n, dtype=torch.float64, generator=g)
+    token_weight = 1 / torch.randint(1, 20, (n,), generator=g).to(torch.float64) if "weighted" in upstream_kind else None
     params = [hidden, weight] + ([b] if bias else [])
 
-    out = smoothed_cross_entropy(hidden, weight, labels, eps, convention=convention, bias=b, chunk_size=chunk_size)
+    out = smoothed_cross_entropy(hidden, weight, labels, eps, convention=convention, bias=b, chunk_size=chunk_size,
+                                 token_weight=token_weight)
     grads = torch.autograd.grad((out.loss * upstream).sum(), params)
-    ref = reference(hidden, weight, labels, eps, convention, b)
+    ref = reference(hidden, weight, labels, eps, convention, b) * (1 if token_weight is None else token_weight)
     ref_grads = torch.autograd.grad((ref * upstream).sum(), params)
 
     torch.testing.assert_close(out.loss, ref, rtol=1e-10, atol=1e-10)

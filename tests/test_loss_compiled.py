@@ -22,16 +22,18 @@ if not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
 
 
 @pytest.mark.parametrize("convention", ["paper", "uniform"])
-@pytest.mark.parametrize("bias, logit_scale", [(False, 1.0), (True, 1.7)])
-def test_compiled_matches_float64_reference(convention, bias, logit_scale):
+@pytest.mark.parametrize("bias, logit_scale, weighted", [(False, 1.0, False), (True, 1.7, False), (False, 1.0, True)])
+def test_compiled_matches_float64_reference(convention, bias, logit_scale, weighted):
     hidden, weight, b, labels, eps = make_inputs(bias=bias)
     params = [hidden, weight] + ([b] if bias else [])
+    token_weight = 1 / torch.arange(1, labels.shape[0] + 1, dtype=torch.float64) if weighted else None
     out = smoothed_cross_entropy(
         hidden, weight, labels, eps, convention=convention, bias=b, chunk_size=7, logit_scale=logit_scale,
-        compiled=True,
+        compiled=True, token_weight=token_weight,
     )
     grads = torch.autograd.grad(out.loss.mean(), params)
     ref = reference(hidden * logit_scale, weight, labels, eps, convention, None if b is None else b * logit_scale)
+    ref = ref * (1 if token_weight is None else token_weight)
     ref_grads = torch.autograd.grad(ref.mean(), params)
     torch.testing.assert_close(out.loss, ref, rtol=1e-10, atol=1e-10)
     for got, want in zip(grads, ref_grads):
@@ -107,7 +109,8 @@ def test_loss_compile_resolution_per_device(monkeypatch):
         resolve_loss_compile(True, cpu)
 
 
-def test_compiled_graph_writes_one_block_in_the_weights_dtype():
+@pytest.mark.parametrize("weighted", [False, True])
+def test_compiled_graph_writes_one_block_in_the_weights_dtype(weighted):
     """The point of compiling: of all [chunk, V] buffers, only dL/dz is written, in bf16 for a bf16 model (eager
     keeps float32 logits and exponentials: two float32 blocks). Read from the code inductor generates."""
     from torch._inductor.utils import run_and_get_code
@@ -119,6 +122,7 @@ def test_compiled_graph_writes_one_block_in_the_weights_dtype():
     n, vocab = 48, 1009
     z = torch.randn(n, vocab).bfloat16()
     labels, eps = torch.randint(0, vocab, (n,)), torch.rand(n) * 0.3
-    _, code = run_and_get_code(ual.loss._compiled_terms, z, labels, eps, "paper", 1.0, torch.bfloat16)
+    weight = 1 / torch.randint(1, 9, (n,)).float() if weighted else None  # sample normalisation: no extra block
+    _, code = run_and_get_code(ual.loss._compiled_terms, z, labels, eps, weight, "paper", 1.0, torch.bfloat16)
     blocks = re.findall(rf"empty_strided_\w+\(\(\w+, {vocab}\), \({vocab}, 1\), torch\.(\w+)\)", "\n".join(code))
     assert blocks == ["bfloat16"]

@@ -274,3 +274,94 @@ def test_other_dataset_shapes_carry_eps_per_sample(tmp_path, tiny_model_path, sh
                 assert not trained[:3].any()
             seen.append(round(float(eps[0]), 4))
     assert sorted(seen) == sorted(r["smoothing"] for r in rows)
+
+
+# --- loss_normalization: sample ---------------------------------------------------------------------------
+
+
+def _reference_losses(model, batch, convention="paper"):
+    """Float64 full-logits soft-target CE of every trained token, with the sample each token belongs to."""
+    from test_loss import reference
+    from ual.loss import sample_ids
+
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    hidden = model.model(**inputs).last_hidden_state[:, :-1]
+    labels, eps = batch["labels"][:, 1:], batch[TOKEN_SMOOTHING][:, 1:].double()
+    mask = labels != -100
+    per_token = reference(hidden[mask], model.lm_head.weight, labels[mask], eps[mask], convention)
+    return per_token, sample_ids(batch)[:, 1:][mask]
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed, padding-free"])
+def test_sample_normalisation_matches_a_float64_reference(tmp_path, tiny_model_path, layout):
+    """(1/S) * sum over samples of (mean over the sample's trained tokens), in float64 (where UAL's head is exact):
+    loss and gradients, against full logits; and it is not the token-weighted mean (the test can fail)."""
+    rows = raw_rows(8)
+    cfg = dict(per_device_train_batch_size=8, max_length=512)
+    if layout != "padded":
+        cfg.update(packing=True, packing_strategy="bfd", max_length=96)
+    trainer = make_trainer(tmp_path, tiny_model_path, rows, loss_normalization="sample", **cfg)
+    model = trainer.model.double().train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert ("position_ids" in batch and "attention_mask" not in batch) == (layout != "padded")
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    loss = trainer.compute_loss(model, dict(batch))
+    grads = torch.autograd.grad(loss, params)
+    per_token, sample_of = _reference_losses(model, batch)
+    samples = sample_of.unique()
+    want = torch.stack([per_token[sample_of == s].mean() for s in samples]).mean()
+    want_grads = torch.autograd.grad(want, params)
+
+    assert len(samples) == 8 if layout == "padded" else len(samples) >= 8  # bfd may cut a long sample: its own row
+    torch.testing.assert_close(loss, want, rtol=1e-10, atol=0)
+    for got, ref in zip(grads, want_grads):
+        torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-12 * float(ref.abs().max()))
+    token_mean = per_token.mean()
+    assert abs(float(token_mean - want)) > 1e-3 * float(want), "rows of uneven length: the two means must differ"
+    assert trainer._metrics["train"]["smoothing/sample_mean"] and trainer._metrics["train"]["smoothing/mean"]
+
+
+def test_sample_normalisation_2x1_accumulation_equals_a_batch_of_2_and_differs_from_token(tmp_path, tiny_model_path):
+    rows = raw_rows(4)
+    deltas = {}
+    for name, norm, bs, ga in (("sample 2x1", "sample", 2, 1), ("sample 1x2", "sample", 1, 2), ("token", "token", 2, 1)):
+        trainer = make_trainer(
+            tmp_path / name.replace(" ", ""), tiny_model_path, rows, per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga, max_steps=1, optim="sgd", learning_rate=1.0, max_grad_norm=0,
+            lr_scheduler_type="constant", weight_decay=0.0, loss_normalization=norm,
+        )
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.train()
+        deltas[name] = {n: p.detach() - before[n] for n, p in trainer.model.named_parameters()}
+    for n in deltas["token"]:
+        torch.testing.assert_close(deltas["sample 2x1"][n], deltas["sample 1x2"][n], rtol=1e-4, atol=1e-6, msg=n)
+    gap = sum(float((deltas["sample 2x1"][n] - deltas["token"][n]).abs().sum()) for n in deltas["token"])
+    assert gap > 1e-3 * sum(float(d.abs().sum()) for d in deltas["token"].values())
+
+
+def test_sample_normalisation_refuses_packing_that_splits_samples(tmp_path):
+    from ual.errors import UsageError
+
+    for strategy in ("bfd_split", "wrapped"):
+        with pytest.raises(UsageError, match=f"packing_strategy '{strategy}': that strategy splits a sample"):
+            cpu_config(tmp_path, loss_normalization="sample", packing=True, packing_strategy=strategy)
+    cpu_config(tmp_path, loss_normalization="sample", packing=True, packing_strategy="bfd")  # truncates: fine
+
+
+def test_both_applied_means_are_saved_as_numbers(tmp_path, tiny_model_path, tokenizer):
+    rows = raw_rows(6)
+    trainer = make_trainer(tmp_path, tiny_model_path, rows, max_length=512)
+    trainer.save_model(str(tmp_path / "saved"))
+    applied = json.loads((tmp_path / "saved" / SETTINGS_FILE).read_text())["applied"]
+    trained = {}
+    for r in rows:  # independently: trained tokens = the completion's (after the shift), per sample
+        ex = convert(r, "alpaca")
+        full = tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=True)
+        prompt = tokenizer.apply_chat_template(ex["prompt"], tokenize=True, return_dict=True,
+                                               add_generation_prompt=True)
+        trained[r["smoothing"]] = len(full["input_ids"]) - len(prompt["input_ids"])
+    eps, n = zip(*trained.items())
+    assert applied["sample_mean"] == pytest.approx(sum(eps) / len(eps), rel=1e-6)
+    assert applied["token_mean"] == pytest.approx(sum(e * k for e, k in zip(eps, n)) / sum(n), rel=1e-6)
+    assert applied["samples"] == 6 and applied["tokens"] == sum(n)

@@ -21,6 +21,7 @@ SMOOTHING_FIELDS = (
     "uncertainty_column",
     "smoothing_column",
     "missing_uncertainty",
+    "loss_normalization",
 )
 
 
@@ -99,6 +100,18 @@ class UALConfig(SFTConfig):
         },
     )
 
+    loss_normalization: str = field(
+        default="token",
+        metadata={
+            "help": "How the per-token losses of a (global, accumulated) batch are averaged. 'token': sum over every "
+            "trained token / their number (TRL's rule): a 400-token answer weighs 40x a 10-token one. 'sample': the "
+            "mean over each sample's trained tokens, then the mean over the samples, every sample weighing the same "
+            "whatever its length (what the UAL authors' micro-batch-1 training did), counted across gradient "
+            "accumulation and processes like TRL counts tokens. 'sample' refuses packing strategies that split a "
+            "sample across sequences (bfd_split, wrapped).",
+            "choices": ["token", "sample"],
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
@@ -138,6 +151,14 @@ class UALConfig(SFTConfig):
             low, high = self.uncertainty_range
             if not (math.isfinite(fill) and low <= fill <= high):
                 raise UsageError(f"missing_uncertainty {fill} lies outside uncertainty_range {self.uncertainty_range}")
+        if self.loss_normalization not in ("token", "sample"):
+            raise UsageError(f"loss_normalization: unknown value {self.loss_normalization!r}; choose token or sample")
+        if self.loss_normalization == "sample" and self.packing and self.packing_strategy != "bfd":
+            raise UsageError(
+                f"loss_normalization 'sample' with packing_strategy {self.packing_strategy!r}: that strategy splits a "
+                "sample across sequences, so its tokens could not be averaged as one sample. Use packing_strategy "
+                "bfd (it truncates instead) or packing: false"
+            )
         if self.loss_chunk_size is not None and self.loss_chunk_size < 1:
             raise UsageError(f"loss_chunk_size must be a positive number of tokens, got {self.loss_chunk_size}")
 

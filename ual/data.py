@@ -324,6 +324,26 @@ def attach_smoothing(
     return dataset, fitted, SmoothingReport(fitted.to_dict(), summarize(eps), per_source)
 
 
+def applied_smoothing(dataset: Dataset) -> dict:
+    """The mean eps that training applies, both ways, over the tokenised (truncated) set: per sample, what
+    ``loss_normalization: sample`` applies, and per trained token, what ``token`` applies (long answers weigh
+    more, so it differs from the mapping's mean whenever eps and answer length go together)."""
+
+    def count(batch):  # trained positions after the causal shift: the first label is never predicted
+        return {"n": [sum(1 for label in labels[1:] if label != -100) for labels in batch["labels"]]}
+
+    n = np.asarray(dataset.map(count, batched=True, remove_columns=dataset.column_names,
+                               desc="Counting trained tokens")["n"], dtype=np.float64)
+    eps = np.asarray(dataset[SAMPLE_SMOOTHING], dtype=np.float64)
+    trained = n > 0
+    return {
+        "sample_mean": float(eps[trained].mean()) if trained.any() else 0.0,
+        "token_mean": float((eps * n).sum() / n.sum()) if trained.any() else 0.0,
+        "samples": int(trained.sum()),
+        "tokens": int(n.sum()),
+    }
+
+
 def expand_smoothing(dataset: Dataset, num_proc: int | None = None) -> Dataset:
     """Per-sample eps -> per-token ``smoothing`` list aligned with ``input_ids`` (after truncation)."""
 

@@ -76,10 +76,10 @@ def _token_terms(z_y, sum_z, z_max, sum_p, pz, eps, vocab: int, convention: str)
     return (1 - eps) * nll + eps * uniform_part, lse, entropy
 
 
-def _chunk_terms(z, labels, eps, convention: str, logit_scale: float, grad_dtype: torch.dtype | None):
-    """One chunk's logits [n, V] -> per-token loss, lse, entropy, is-top-1 and, for a unit upstream gradient,
-    dL/dz in ``grad_dtype`` (None: no gradient wanted). Eager: the only [n, V] blocks are the float32 logits and
-    their exponentials, which become dL/dz in place.
+def _chunk_terms(z, labels, eps, weight, convention: str, logit_scale: float, grad_dtype: torch.dtype | None):
+    """One chunk's logits [n, V] -> per-token loss, lse, entropy, is-top-1 and, for a unit upstream gradient of
+    the ``weight``-ed loss (None: unweighted), dL/dz in ``grad_dtype`` (None: no gradient wanted). Eager: the only
+    [n, V] blocks are the float32 logits and their exponentials, which become dL/dz in place.
     """
     vocab = z.shape[1]
     z = z.to(torch.promote_types(z.dtype, torch.float32))
@@ -92,12 +92,14 @@ def _chunk_terms(z, labels, eps, convention: str, logit_scale: float, grad_dtype
     if grad_dtype is None:
         return loss, lse, entropy, argmax == labels, None
     dz = _subtract_target_(p.div_(sum_p[:, None]), labels, eps, convention)
-    if logit_scale != 1.0:
+    if weight is not None:
+        dz.mul_((weight * logit_scale)[:, None])
+    elif logit_scale != 1.0:
         dz.mul_(logit_scale)
     return loss, lse, entropy, argmax == labels, dz.to(grad_dtype)
 
 
-def _fused_chunk_terms(z, labels, eps, convention: str, logit_scale: float, grad_dtype: torch.dtype | None):
+def _fused_chunk_terms(z, labels, eps, weight, convention: str, logit_scale: float, grad_dtype: torch.dtype | None):
     """_chunk_terms written for torch.compile: no in-place ops and no stored exponentials, so the graph is a few
     passes over the logits (the row reductions, then dL/dz) that recompute exp as they go and keep no float32
     block: dL/dz is written once, already in ``grad_dtype``.
@@ -112,20 +114,23 @@ def _fused_chunk_terms(z, labels, eps, convention: str, logit_scale: float, grad
     off_gold, at_gold = _gold_shares(eps, vocab, convention)
     gold = torch.arange(vocab, device=z.device)[None, :] == labels[:, None]
     dz = (z - lse[:, None]).exp() - off_gold[:, None] - torch.where(gold, at_gold[:, None], 0.0)
-    return loss, lse, entropy, argmax == labels, (dz * logit_scale).to(grad_dtype)
+    scale = logit_scale if weight is None else (weight * logit_scale)[:, None]
+    return loss, lse, entropy, argmax == labels, (dz * scale).to(grad_dtype)
 
 
 _compiled_chunk_terms = None
 
 
-def _compiled_terms(z, labels, eps, *args):
-    """_fused_chunk_terms through torch.compile (Triton on GPUs, C++ on CPUs): compiled once, for any chunk length."""
+def _compiled_terms(z, labels, eps, weight, *args):
+    """_fused_chunk_terms through torch.compile (Triton on GPUs, C++ on CPUs): compiled once, for any chunk length
+    (and once more for a run that weights its tokens)."""
     global _compiled_chunk_terms
     if _compiled_chunk_terms is None:
         _compiled_chunk_terms = torch.compile(_fused_chunk_terms, fullgraph=True)
-    for t in (z, labels, eps):  # the last chunk is shorter: one graph for every length, not one per length
-        torch._dynamo.maybe_mark_dynamic(t, 0)
-    return _compiled_chunk_terms(z, labels, eps, *args)
+    for t in (z, labels, eps, weight):  # the last chunk is shorter: one graph for every length, not one per length
+        if t is not None:
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+    return _compiled_chunk_terms(z, labels, eps, weight, *args)
 
 
 def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -159,7 +164,8 @@ class _GradProducts:
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, smoothing, convention, chunk_size, logit_scale, precompute, compiled):
+    def forward(ctx, hidden, weight, bias, labels, smoothing, token_weight, convention, chunk_size, logit_scale,
+                precompute, compiled):
         # The products run in autocast's dtype when it is on (bf16 mixed precision over float32 weights), as
         # TRL's head and a plain lm_head would; everything else is cast explicitly, so autocast is then turned off.
         device = hidden.device.type
@@ -173,18 +179,22 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
             entropy = torch.empty_like(loss)
             is_top1 = torch.empty(n_tokens, device=hidden.device, dtype=torch.bool)
             eps = smoothing.to(acc_dtype)
+            tw = token_weight.to(acc_dtype) if token_weight is not None else None
             grads = _GradProducts(hidden, weight, bias, ctx.needs_input_grad[:3]) if precompute else None
             terms = _compiled_terms if compiled else _chunk_terms
             for s in range(0, n_tokens, chunk_size):
                 e = min(s + chunk_size, n_tokens)
                 loss[s:e], lse[s:e], entropy[s:e], is_top1[s:e], dz = terms(
-                    _logits(hidden[s:e], w, bias, logit_scale), labels[s:e], eps[s:e], convention, logit_scale,
+                    _logits(hidden[s:e], w, bias, logit_scale), labels[s:e], eps[s:e],
+                    tw[s:e] if tw is not None else None, convention, logit_scale,
                     compute_dtype if grads is not None else None,
                 )
                 if grads is not None:  # the gradient products for a unit upstream gradient
                     grads.add(dz, s, e, hidden, w)
                 del dz
-        ctx.save_for_backward(hidden, weight, bias, labels, eps, lse)
+            if tw is not None:
+                loss.mul_(tw)
+        ctx.save_for_backward(hidden, weight, bias, labels, eps, lse, tw)
         ctx.convention, ctx.chunk_size, ctx.logit_scale, ctx.grads = convention, chunk_size, logit_scale, grads
         ctx.compute_dtype = compute_dtype
         ctx.mark_non_differentiable(entropy, is_top1)
@@ -201,7 +211,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
                 grads.hidden.mul_(g[:, None].to(grads.hidden.dtype)) if grads.hidden is not None else None,
                 grads.weight.mul_(g0).to(ctx.saved_tensors[1].dtype) if grads.weight is not None else None,
                 grads.bias.mul_(g0).to(ctx.saved_tensors[2].dtype) if grads.bias is not None else None,
-                *([None] * 7),
+                *([None] * 8),
             )
         return _recompute_backward(ctx, g)
 
@@ -210,7 +220,9 @@ def _recompute_backward(ctx, g):
     """General upstream gradient: recompute each chunk's logits and weight dL/dz token by token."""
     from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-    hidden, weight, bias, labels, eps, lse = ctx.saved_tensors
+    hidden, weight, bias, labels, eps, lse, tw = ctx.saved_tensors
+    if tw is not None:
+        g = g * tw
     with maybe_gather_lm_head_ctx(weight, bias):  # ZeRO-3: the weight was released after the forward
         grads = _GradProducts(hidden, weight, bias, ctx.needs_input_grad[:3])
         w = weight.to(ctx.compute_dtype)
@@ -225,7 +237,7 @@ def _recompute_backward(ctx, g):
         grads.hidden,
         grads.weight.to(weight.dtype) if grads.weight is not None else None,
         grads.bias.to(bias.dtype) if grads.bias is not None else None,
-        *([None] * 7),
+        *([None] * 8),
     )
 
 
@@ -240,14 +252,20 @@ def smoothed_cross_entropy(
     chunk_size: int | None = None,
     logit_scale: float = 1.0,
     compiled: bool = False,
+    token_weight: torch.Tensor | None = None,
 ) -> SmoothedLossOutput:
     """Per-token smoothed CE of ``hidden [N, H] @ weight[V, H].T`` against ``labels [N]`` with ``smoothing [N]``.
 
     Every label must be a valid token id (select trained positions before calling). ``compiled`` fuses each
     chunk's elementwise work with torch.compile (same maths; pays a compile on the first call of a run).
+    ``token_weight [N]``: the returned per-token loss is ``token_weight * loss``, so a caller that weights its
+    tokens unequally (one sample, one vote) still sums it with one upstream gradient for all, and keeps the
+    fast backward (products formed in the forward).
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown smoothing convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
+    if token_weight is not None and token_weight.shape != labels.shape:
+        raise ValueError(f"token_weight {tuple(token_weight.shape)} must be shaped like labels {tuple(labels.shape)}")
     if hidden.ndim != 2 or labels.shape != hidden.shape[:1] or smoothing.shape != labels.shape:
         raise ValueError(
             f"expected hidden [N, H], labels [N], smoothing [N]; got {tuple(hidden.shape)}, "
@@ -257,6 +275,25 @@ def smoothed_cross_entropy(
     params = (hidden, weight) if bias is None else (hidden, weight, bias)
     precompute = torch.is_grad_enabled() and any(t.requires_grad for t in params)
     loss, entropy, is_top1 = _SmoothedCrossEntropy.apply(
-        hidden, weight, bias, labels, smoothing, convention, chunk_size, logit_scale, precompute, compiled
+        hidden, weight, bias, labels, smoothing, token_weight, convention, chunk_size, logit_scale, precompute, compiled
     )
     return SmoothedLossOutput(loss=loss, entropy=entropy, is_top1=is_top1)
+
+
+def sample_ids(batch: dict) -> torch.Tensor:
+    """Which sample each position of a collated batch belongs to, as one id per sample across the batch:
+    the row in a padded batch; in a padding-free row (no attention mask) a new sample starts where the
+    position ids restart at 0."""
+    rows, length = batch["input_ids"].shape
+    ids = torch.arange(rows, device=batch["input_ids"].device)[:, None].expand(rows, length) * (length + 1)
+    if "attention_mask" not in batch and "position_ids" in batch:
+        ids = ids + (batch["position_ids"] == 0).cumsum(-1)
+    return ids
+
+
+def sample_token_weights(sample_of_token: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """For trained tokens tagged with their sample: 1/n_i for each token of sample i (n_i: its trained tokens),
+    so the weights of one sample sum to 1; and the number of samples present."""
+    _, inverse, counts = torch.unique(sample_of_token, return_inverse=True, return_counts=True)
+    return counts.to(torch.float64).reciprocal()[inverse], counts.numel()
+

@@ -37,11 +37,12 @@ from .data import (
     SAMPLE_SMOOTHING,
     TOKEN_SMOOTHING,
     SmoothingCollator,
+    applied_smoothing,
     attach_smoothing,
     expand_smoothing,
 )
 from .files import apply_umask, write_atomic
-from .loss import smoothed_cross_entropy
+from .loss import sample_ids, sample_token_weights, smoothed_cross_entropy
 from .run_folder import SETTINGS_FILE
 
 logger = logging.getLogger("ual")
@@ -58,6 +59,8 @@ class SmoothedLMOutput(ModelOutput):
     is_top1: torch.Tensor | None = None
     smoothing: torch.Tensor | None = None
     label_mask: torch.Tensor | None = None
+    sample_weight: torch.Tensor | None = None  # 1/n_i: each sample's trained tokens sum to 1
+    num_samples: int | None = None  # samples with at least one trained token
 
 
 def resolve_loss_compile(requested: bool | None, device: torch.device) -> bool:
@@ -86,7 +89,7 @@ def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compile
     previous_forward = model.forward
 
     @functools.wraps(type(model).forward)
-    def forward(self, *args, ual_smoothing=None, labels=None, **kwargs):
+    def forward(self, *args, ual_smoothing=None, ual_sample_ids=None, ual_per_sample=False, labels=None, **kwargs):
         if ual_smoothing is None:
             return previous_forward(*args, labels=labels, **kwargs)
         kwargs["use_cache"] = False
@@ -99,13 +102,15 @@ def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compile
             bias = bias.full_tensor() if bias is not None else None
         hidden, labels, eps = hidden.to(weight.device), labels.to(weight.device), eps.to(weight.device)
         mask = labels != -100
+        sample_weight, num_samples = sample_token_weights(ual_sample_ids[:, 1:].to(mask.device)[mask])
         with maybe_gather_lm_head_ctx(weight, bias):  # ZeRO-3: the head is read directly, not through its module
             out = smoothed_cross_entropy(
                 hidden[mask], weight, labels[mask], eps[mask], convention=convention, bias=bias, chunk_size=chunk_size,
-                compiled=compiled,
+                compiled=compiled, token_weight=sample_weight if ual_per_sample else None,
             )
         return SmoothedLMOutput(
-            per_token_loss=out.loss, entropy=out.entropy, is_top1=out.is_top1, smoothing=eps[mask], label_mask=mask
+            per_token_loss=out.loss, entropy=out.entropy, is_top1=out.is_top1, smoothing=eps[mask], label_mask=mask,
+            sample_weight=sample_weight, num_samples=num_samples,
         )
 
     model.forward = types.MethodType(forward, model)
@@ -162,6 +167,7 @@ class UALTrainer(SFTTrainer):
             for source, stats in self.smoothing_report.per_source.items():
                 logger.info("UAL smoothing for %s: %s", source, stats)
         self.dropped_samples: dict[str, int] = {}
+        self.applied_smoothing: dict | None = None
         fitted_on = (len(train_dataset), float(sum(train_dataset[SAMPLE_SMOOTHING]))) if not skip else None
 
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -245,7 +251,9 @@ class UALTrainer(SFTTrainer):
         with open(saved_path) as f:
             saved = json.load(f)
         now = {"settings": self.args.smoothing_settings(), "mapping": self.smoothing_report.mapping}
-        then = {"settings": saved["settings"], "mapping": saved["statistics"]["mapping"]}
+        defaults = {key: UALConfig.__dataclass_fields__[key].default for key in now["settings"]}
+        then = {"settings": {**defaults, **saved["settings"]}, "mapping": saved["statistics"]["mapping"]}  # keys added
+        # since that checkpoint was written held their defaults then
         diffs = [
             f"{part}.{key}: checkpoint {then[part].get(key)!r}, now {value!r}"
             for part in ("settings", "mapping")
@@ -278,6 +286,12 @@ class UALTrainer(SFTTrainer):
                 "%s: dropped %d of %d samples whose every label was masked after truncation to max_length=%s",
                 dataset_name, dropped, before, max_length,
             )
+        if dataset_name == "train":
+            self.applied_smoothing = applied_smoothing(dataset)
+            logger.info("smoothing applied in training (after tokenisation): mean %.4f per sample, %.4f per trained "
+                        "token (loss_normalization %r applies the %s mean)", self.applied_smoothing["sample_mean"],
+                        self.applied_smoothing["token_mean"], args.loss_normalization,
+                        "first" if args.loss_normalization == "sample" else "second")
         dataset = expand_smoothing(dataset, num_proc=args.dataset_num_proc)
         if packing:
             dataset = pack_dataset(dataset, args.max_length, args.packing_strategy, {"num_proc": args.dataset_num_proc})
@@ -296,22 +310,30 @@ class UALTrainer(SFTTrainer):
         if smoothing is None:
             raise KeyError(f"the batch has no {TOKEN_SMOOTHING!r} tensor: UALTrainer's collator was replaced")
         inputs["use_cache"] = False
-        outputs = model(**inputs, ual_smoothing=smoothing)
-        num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
-        # Same normalisation as SFTTrainer's default NLL: eps = 0 gives its loss and gradients
-        loss = outputs.per_token_loss.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        per_sample = self.args.loss_normalization == "sample"
+        outputs = model(**inputs, ual_smoothing=smoothing, ual_sample_ids=sample_ids(inputs), ual_per_sample=per_sample)
+        # 'token': SFTTrainer's normalisation (eps = 0 gives its loss and gradients): the sum over trained tokens over
+        # their number in the global batch. 'sample': the head weighted each token by 1/n_i, so the sum is one per
+        # sample, over the number of samples (num_items_in_batch counts samples then: _get_num_items_in_batch)
+        local = outputs.num_samples if per_sample else outputs.label_mask.sum()
+        count = local if num_items_in_batch is None else num_items_in_batch
+        loss = outputs.per_token_loss.sum() / torch.as_tensor(count).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
 
         gather = self.accelerator.gather_for_metrics
+        device = outputs.label_mask.device
         num_valid = gather(outputs.label_mask.sum()).sum()
-        sums = {
-            "entropy": gather(outputs.entropy.detach().sum()).sum(),
-            "mean_token_accuracy": gather(outputs.is_top1.sum()).sum(),
-            "smoothing/mean": gather(outputs.smoothing.detach().float().sum()).sum(),
+        num_samples = gather(torch.tensor(outputs.num_samples, device=device)).sum()
+        eps = outputs.smoothing.detach().double()
+        sums = {  # (total, count) of each logged mean
+            "entropy": (gather(outputs.entropy.detach().sum()).sum(), num_valid),
+            "mean_token_accuracy": (gather(outputs.is_top1.sum()).sum(), num_valid),
+            "smoothing/mean": (gather(eps.sum()).sum(), num_valid),  # token-weighted: what 'token' applies
+            "smoothing/sample_mean": (gather((eps * outputs.sample_weight).sum()).sum(), num_samples),
         }
-        for key, total in sums.items():
-            self._metrics[mode][key].append((total / num_valid).item() if num_valid > 0 else 0.0)
+        for key, (total, n) in sums.items():
+            self._metrics[mode][key].append((total / n).item() if n > 0 else 0.0)
         if mode == "train":
             if "attention_mask" in inputs:
                 local = inputs["attention_mask"].sum()
@@ -326,6 +348,19 @@ class UALTrainer(SFTTrainer):
             return loss, outputs
         return loss
 
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """With ``loss_normalization: sample``, the samples (with a trained token) of the accumulated global batch,
+        counted by transformers' own rule for tokens: it counts labels that are not -100 after the shift, gathered
+        across processes and scaled for parallel layouts, so it is handed one such label per sample."""
+        if self.args.loss_normalization != "sample":
+            return super()._get_num_items_in_batch(batch_samples, device)
+        stand_ins = []
+        for batch in batch_samples:
+            trained = batch["labels"][:, 1:] != -100
+            n = int(torch.unique(sample_ids(batch)[:, 1:][trained]).numel())
+            stand_ins.append({"labels": torch.tensor([[-100] + [0] * n])})
+        return super()._get_num_items_in_batch(stand_ins, device)
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
@@ -338,6 +373,7 @@ class UALTrainer(SFTTrainer):
             saved = {
                 "settings": self.args.smoothing_settings(),
                 "statistics": self.smoothing_report.to_dict(),
+                "applied": self.applied_smoothing,
                 "dropped_samples": self.dropped_samples,
             }
             write_atomic(os.path.join(output_dir, SETTINGS_FILE),
