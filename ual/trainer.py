@@ -7,8 +7,10 @@ What it changes, hook by hook (everything else is SFTTrainer's):
 - ``_prepare_dataset``: TRL tokenizes and truncates (the per-sample eps column rides along), then
   eps is expanded per token and packed with ``input_ids``/``labels`` by ``trl.pack_dataset``.
 - ``_set_signature_columns_if_needed``: keeps ``smoothing`` in the dataloader.
-- ``compute_loss``: normalised exactly like SFTTrainer's default NLL, plus the same metrics.
-- ``save_model``: writes the smoothing settings and statistics next to every saved model.
+- ``compute_loss``: normalised like SFTTrainer's default NLL (``loss_normalization: token``) or per sample
+  (``sample``), plus the same metrics; ``_get_num_items_in_batch`` counts samples for ``sample``.
+- ``train``: refuses an ``output_dir`` that holds a run and resumes only from a complete checkpoint (``run_folder``).
+- ``save_model``: writes the smoothing settings and statistics next to every saved model, readable by the group.
 """
 
 from __future__ import annotations
