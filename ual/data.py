@@ -228,10 +228,9 @@ def load_mixture(entries: list[UALDatasetConfig], args) -> Dataset:
         check_rows(ds, fmt, where)
         if column is not None:
             from_csv = entry.path.lower().endswith(".csv")
-            read_scores(ds, args, where, numeric_strings=from_csv)
-            if from_csv and ds.features[column].dtype == "string":  # one bad cell made pandas read them all as text
-                values = [_csv_number(v) for v in ds[column]]
-                ds = ds.remove_columns(column).add_column(column, values)
+            scores = read_scores(ds, args, where, numeric_strings=from_csv)
+            if from_csv:  # CSV cells are read as text: keep the checked numbers instead
+                ds = ds.remove_columns(column).add_column(column, scores.tolist())
         keep = output_columns(fmt)
         shapes[where] = keep
         source = entry.source or entry.path

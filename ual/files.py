@@ -26,7 +26,6 @@ from .errors import UsageError
 
 # Suffixes of the data and config files ual reads: a name ending in one is a file, never a hub id.
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".yaml", ".yml")
-_TEMP_SUFFIXES = (".tmp", ".probe")
 
 
 def looks_local(spec: str | os.PathLike) -> bool:
@@ -126,25 +125,27 @@ def write_atomic(path: str | os.PathLike, write) -> None:
         raise
 
 
-def temp_siblings(path: str | os.PathLike) -> list[Path]:
-    """Temporary files that ``write_atomic`` and output probes leave beside ``path`` when killed."""
-    path = Path(path)
-    pattern = re.compile(r"^\." + re.escape(path.name) + r"\..+(" + "|".join(re.escape(s) for s in _TEMP_SUFFIXES) + ")$")
-    if not path.parent.is_dir():
-        return []
-    return sorted(p for p in path.parent.iterdir() if pattern.match(p.name) and p.is_file())
-
-
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
-    """Delete what ``temp_siblings`` finds; only call it while holding ``path``'s ``OutputLock``."""
+    """Delete the temporary files (``.NAME.*.tmp``) that ``write_atomic`` leaves beside ``path`` when killed; only
+    call it while holding ``path``'s ``OutputLock`` (another run's write in progress looks the same)."""
+    path = Path(path)
+    pattern = re.compile(r"^\." + re.escape(path.name) + r"\..+\.tmp$")
     removed = []
-    for stale in temp_siblings(path):
-        try:
-            stale.unlink()
-            removed.append(stale)
-        except FileNotFoundError:
-            pass
+    for stale in sorted(path.parent.iterdir()) if path.parent.is_dir() else []:
+        if pattern.match(stale.name) and stale.is_file():
+            try:
+                stale.unlink()
+                removed.append(stale)
+            except FileNotFoundError:
+                pass
     return removed
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: the same resolved path (the file need not exist yet), or, for files that
+    exist, the same inode (a hard link)."""
+    a, b = Path(os.path.expanduser(str(a))), Path(os.path.expanduser(str(b)))
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
 
 
 class OutputLock:

@@ -44,12 +44,11 @@ def run_entries(output_dir: str | os.PathLike) -> list[str]:
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
-    found = []
-    for entry in sorted(folder.iterdir()):
-        pattern = _RUN_DIRS if entry.is_dir() else _RUN_FILES
-        if pattern.match(entry.name):
-            found.append(entry.name + ("/" if entry.is_dir() else ""))
-    return found
+    return [entry.name + ("/" if entry.is_dir() else "") for entry in sorted(folder.iterdir()) if _shows_a_run(entry)]
+
+
+def _shows_a_run(entry: Path) -> bool:
+    return bool((_RUN_DIRS if entry.is_dir() else _RUN_FILES).match(entry.name))
 
 
 def check_output_dir(output_dir: str, *, overwrite: bool, resume) -> None:
@@ -82,9 +81,8 @@ def clear_run(output_dir: str) -> None:
         return
     removed, kept = [], []
     for entry in sorted(folder.iterdir()):
-        is_dir = entry.is_dir() and not entry.is_symlink()
-        if (_RUN_DIRS if is_dir else _RUN_FILES).match(entry.name) or _RUN_EXTRAS.match(entry.name):
-            shutil.rmtree(entry) if is_dir else entry.unlink()
+        if _shows_a_run(entry) or _RUN_EXTRAS.match(entry.name):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             removed.append(entry.name)
         else:
             kept.append(entry.name)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ual.score import data
 from ual.errors import UsageError
-from ual.files import OutputLock, remove_stale_temps, write_atomic
+from ual.files import OutputLock, remove_stale_temps, same_file, write_atomic
 from ual.score.cache import CacheWriter, read_cache, repair_cache
 from ual.score.redact import Redactor
 from ual.score.rubric import TemplateError, load_template
@@ -144,8 +144,7 @@ def _run(args) -> int:
             output = data.check_output(args.output, inputs=(args.input,))
             data.check_rows_writable(rows, output, extra=dict.fromkeys(PROVENANCE_COLUMNS, "x") | {"uncertainty": 1.0})
             targets = [output] if args.judge == "prior" else [output, cache_path]
-            if args.judge != "prior" and cache_path.resolve() in {Path(os.path.expanduser(args.input)).resolve(),
-                                                                  output.resolve()}:
+            if args.judge != "prior" and (same_file(cache_path, args.input) or same_file(cache_path, output)):
                 raise UsageError(f"--cache {cache_path} is the input or the output file; choose another cache path")
             for target in targets:
                 lock = held.enter_context(OutputLock(target, "ual score"))

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from ual.errors import UsageError
-from ual.files import looks_local, read_json, write_atomic
+from ual.files import looks_local, read_json, same_file, write_atomic
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 OUTPUT_SUFFIXES = (".jsonl", ".parquet", ".csv")
@@ -107,8 +107,7 @@ def check_output(path: str | Path, inputs: tuple[str | Path, ...] = ()) -> Path:
     if path.is_dir():
         raise DataError(f"output {str(path)!r} is a directory")
     for other in inputs:
-        other = Path(os.path.expanduser(str(other)))
-        if other.exists() and path.exists() and os.path.samefile(path, other) or path.resolve() == other.resolve():
+        if same_file(path, other):
             raise DataError(f"output {str(path)!r} is the input file {str(other)!r}: writing it would replace your "
                             "data (hand labels included). Choose another --output")
     parent = path.parent
@@ -116,8 +115,6 @@ def check_output(path: str | Path, inputs: tuple[str | Path, ...] = ()) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
             pass
-    except FileNotFoundError:
-        pass  # the probe was written, then removed by the run that holds this output's lock (stale-file cleanup)
     except OSError as exc:
         raise DataError(f"cannot write the output in {str(parent)!r}: {exc.strerror or exc}") from None
     return path
