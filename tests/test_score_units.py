@@ -19,7 +19,7 @@ from ual.score.rubric import (
     PROMPT_VERSION,
     REMINDER,
     TemplateError,
-    build_prompt,
+    load_rubric,
     load_template,
     reminder_messages,
     render_sample,
@@ -69,7 +69,9 @@ def test_custom_template_is_versioned_by_content(tmp_path):
     path.write_text('Rate {sample} with JSON like {"score": N}')
     template, version = load_template(path)
     assert version.startswith("custom:") and len(version) == len("custom:") + 12
-    assert build_prompt(template, "X") == 'Rate X with JSON like {"score": N}'  # braces survive
+    rubric = load_rubric(prompt_template=path)
+    assert (rubric.name, rubric.version) == ("custom", version)
+    assert rubric.prompt("X") == 'Rate X with JSON like {"score": N}'  # braces survive
     path.write_text("Rate this {sample}!")
     assert load_template(path)[1] != version
     path.write_text("no placeholder")
@@ -186,16 +188,17 @@ def test_histograms_and_smoothing_line():
 
 def test_assemble_keeps_rows_and_adds_provenance():
     rows = [{"text": "x", "uncertainty": 3, "other": [1, 2]}, {"text": "y"}]
-    out = assemble(rows, [40, None], ["40", "junk"], "judge:openai:m", "ual-rubric-v1")
+    out = assemble(rows, [40, None], ["40", "junk"], "judge:openai:m", "ual-rubric-v1", "ual")
     assert out[0] == {"text": "x", "other": [1, 2], "uncertainty": 40.0, "uncertainty_method": "judge:openai:m",
-                      "uncertainty_prompt_version": "ual-rubric-v1", "uncertainty_raw_reply": "40"}
+                      "uncertainty_rubric": "ual", "uncertainty_prompt_version": "ual-rubric-v1",
+                      "uncertainty_raw_reply": "40"}
     assert out[1]["uncertainty"] is None and out[1]["uncertainty_raw_reply"] == "junk"
     assert rows[0]["uncertainty"] == 3  # input rows untouched
 
 
 def test_duplicates_share_one_sample():
     rows = [{"text": "a"}, {"text": "b"}, {"text": "a"}]
-    samples, keys = plan_samples(rows, "text", "{sample}", "v", "j")
+    samples, keys = plan_samples(rows, "text", load_rubric(), "j")
     assert len(samples) == 2 and keys[0] == keys[2] != keys[1] and samples[0].rows == [0, 2]
 
 

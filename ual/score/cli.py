@@ -21,7 +21,7 @@ from ual.errors import UsageError
 from ual.files import OutputLock, remove_stale_temps, same_file, write_atomic
 from ual.score.cache import CacheWriter, read_cache, repair_cache
 from ual.score.redact import Redactor
-from ual.score.rubric import TemplateError, load_template
+from ual.score.rubric import RUBRICS, Rubric, TemplateError, load_rubric, render_sample
 from ual.score.runner import PROVENANCE_COLUMNS, Outcome, SampleError, assemble, plan_samples
 from ual.score.summary import RunStats, format_summary, plot_histograms
 
@@ -47,10 +47,19 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     j.add_argument("--model", default=None, help="judge model name / local model path (env UAL_JUDGE_MODEL)")
     j.add_argument("--base-url", default=None, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (env OPENAI_BASE_URL)")
     j.add_argument("--api-key", default=None, help="API key (prefer env OPENAI_API_KEY: command lines are visible to other users)")
+    j.add_argument("--rubric", choices=RUBRICS, default="ual",
+                   help="ual: this project's rubric (default); paper: the UAL authors' judge prompt verbatim, read "
+                        "from their file (--rubric-file), sent with their settings (temperature 0, top_p 0.9, "
+                        "max_tokens 4096)")
+    j.add_argument("--rubric-file", default=None,
+                   help="--rubric paper: the authors' benchmark/sample/gpt4_ent_score.py (see docs/score.md)")
     j.add_argument("--prompt-template", default=None, help="your own rubric file with a {sample} placeholder")
-    j.add_argument("--temperature", type=float, default=0.0, help="sampling temperature sent to the judge (default: 0)")
+    j.add_argument("--temperature", type=float, default=None, help="sampling temperature sent to the judge (default: 0)")
+    j.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling top_p sent to the judge (default: not sent; --rubric paper: 0.9)")
     j.add_argument("--max-tokens", type=int, default=None,
-                   help="reply length limit (openai: not sent unless given; hf: default 16 new tokens)")
+                   help="reply length limit (openai: not sent unless given, --rubric paper: 4096; hf: default 16 "
+                        "new tokens)")
     n = p.add_argument_group("requests (openai judge)")
     n.add_argument("--concurrency", type=int, default=16, help="requests in flight at most (default: 16)")
     n.add_argument("--rpm", type=float, default=None, help="requests per minute at most (default: no limit)")
@@ -176,18 +185,23 @@ def _run_judge(args, model, rows, formats, sources, output, cache_path) -> int:
         from ual.score.nll import NLL_VERSION, nll_version
 
         # The cached NLL does not depend on center/beta (applied afterwards), only on truncation.
-        template, key_version = "{sample}", f"{NLL_VERSION}:max_length={args.max_length}"
+        rubric = Rubric("model-nll", "{sample}", f"{NLL_VERSION}:max_length={args.max_length}", "{sample}",
+                        render_sample)  # the cached NLL depends on truncation only, not on center/beta
         prompt_version = nll_version(args.nll_center, args.nll_beta)
         method = f"model-nll:{model}"
     else:
-        template, prompt_version = load_template(args.prompt_template)
-        key_version = prompt_version
+        rubric = load_rubric(args.rubric, rubric_file=args.rubric_file, prompt_template=args.prompt_template)
+        prompt_version = rubric.version
         method = f"judge:{args.judge}:{model}"
-    samples, row_keys = plan_samples(rows, formats, template, key_version, method)
+        _fill_request_defaults(args, rubric)
+    key_version = rubric.version
+    samples, row_keys = plan_samples(rows, formats, rubric, method)
     cache = read_cache(cache_path)
     outcomes = {s.key: Outcome.from_record(rec) for s in samples if (rec := _cached(cache, s.key, args.judge))}
     todo = [s for s in samples if s.key not in outcomes]
-    stats = RunStats(rows=len(rows), unique=len(samples), cached=len(outcomes))
+    stats = RunStats(rows=len(rows), unique=len(samples), cached=len(outcomes),
+                     rubric=None if args.judge == "model-nll" else rubric.name,
+                     request=_request_settings(args))
 
     if args.dry_run:
         _print_dry_run(args, method, prompt_version, samples, todo, stats)
@@ -199,6 +213,24 @@ def _run_judge(args, model, rows, formats, sources, output, cache_path) -> int:
     except data.DataError as exc:
         raise data.DataError(f"{exc}. Every answer is kept in {cache_path}: pass --cache {cache_path} "
                              "when you rerun with another output name") from None
+
+
+def _fill_request_defaults(args, rubric: Rubric) -> None:
+    """The rubric's call settings (paper: the authors' temperature 0, top_p 0.9, max_tokens 4096) where the user
+    gave none; the hf judge keeps its own short reply limit."""
+    defaults = {"temperature": 0.0, **rubric.request}
+    for name in ("temperature", "top_p") + (("max_tokens",) if args.judge == "openai" else ()):
+        if getattr(args, name) is None and name in defaults:
+            setattr(args, name, defaults[name])
+
+
+def _request_settings(args) -> dict:
+    """What each request carries besides the messages (for the summary and the dry run)."""
+    if args.judge == "hf":
+        return {"max_new_tokens": args.max_tokens or 16}  # greedy: no temperature or top_p
+    if args.judge != "openai":
+        return {}
+    return {name: getattr(args, name) for name in ("temperature", "top_p", "max_tokens") if getattr(args, name) is not None}
 
 
 def _resolve_formats(fmt: str, rows: list[dict], where: str) -> list[str]:
@@ -306,6 +338,7 @@ async def _ask_openai(args, model, api_key, todo, on_outcome) -> int:
         retry=RetryPolicy(args.max_retries, args.backoff_base, args.backoff_max),
         pacer=Pacer(args.rpm),
         temperature=args.temperature,
+        top_p=args.top_p,
         max_tokens=args.max_tokens,
     )
     try:
@@ -317,7 +350,8 @@ async def _ask_openai(args, model, api_key, todo, on_outcome) -> int:
 
 def _print_dry_run(args, method, prompt_version, samples, todo, stats) -> None:
     print("dry run: nothing is sent")
-    print(f"judge: {method}  prompt version: {prompt_version}")
+    print(f"judge: {method}  rubric: {stats.rubric}  prompt version: {prompt_version}  request settings: "
+          f"{stats.request or 'none'}")
     print(f"rows: {stats.rows}  distinct samples: {stats.unique}  in cache: {stats.cached}  "
           f"requests to send: {len(todo)}" + (" (plus one reminder per unreadable reply)" if args.judge != "model-nll" else ""))
     for i, sample in enumerate(todo[: args.dry_run_samples], 1):
@@ -360,7 +394,7 @@ def _finish(args, output, rows, sources, row_keys, samples, outcomes, method, pr
 
 
 def _write_and_report(args, output, rows, sources, row_scores, row_replies, method, prompt_version, stats, failures) -> int:
-    data.write_rows(output, assemble(rows, row_scores, row_replies, method, prompt_version))
+    data.write_rows(output, assemble(rows, row_scores, row_replies, method, prompt_version, stats.rubric))
     failures_path = Path(str(output) + ".failures.jsonl")
     if failures:
         write_atomic(failures_path, lambda tmp: data.write_jsonl(tmp, failures))

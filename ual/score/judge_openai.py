@@ -65,6 +65,7 @@ class OpenAIJudge:
         retry: RetryPolicy | None = None,
         pacer: Pacer | None = None,
         temperature: float | None = 0.0,
+        top_p: float | None = None,
         max_tokens: int | None = None,
     ):
         from openai import AsyncOpenAI
@@ -75,6 +76,7 @@ class OpenAIJudge:
         self.retry = retry or RetryPolicy()
         self.pacer = pacer or Pacer()
         self.temperature = temperature
+        self.top_p = top_p
         self.max_tokens = max_tokens
         self.redact = Redactor(api_key)
         self.retries = 0  # transient errors retried, for the summary
@@ -91,6 +93,8 @@ class OpenAIJudge:
         params = {"model": self.model, "messages": messages}
         if self.temperature is not None:
             params["temperature"] = self.temperature
+        if self.top_p is not None:
+            params["top_p"] = self.top_p
         if self.max_tokens is not None:
             params["max_tokens"] = self.max_tokens
         attempt = 0

@@ -1,17 +1,22 @@
-"""What the judge is asked: the versioned 0-99 rubric, sample rendering and the reminder.
+"""What the judge is asked: the rubrics (this project's, the UAL authors' verbatim, or the user's own), how a
+sample is rendered for each, and the reminder.
 
-The version string travels into every cache key and into the ``uncertainty_prompt_version``
-column, so scores from different wordings are never mixed up silently. Change the wording ->
-change ``PROMPT_VERSION``.
+A rubric's version string travels into every cache key and into the ``uncertainty_prompt_version`` column, so
+scores from different wordings are never mixed up silently. Change the wording -> change ``PROMPT_VERSION``.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ual.formats import turns
+
+RUBRICS = ("ual", "paper")
 
 PROMPT_VERSION = "ual-rubric-v1"
 PLACEHOLDER = "{sample}"
@@ -45,6 +50,102 @@ REMINDER = "Please answer with a single whole number from 0 to 99 and nothing el
 
 class TemplateError(ValueError):
     """A user-supplied prompt template that cannot be used."""
+
+
+# The UAL authors' judge prompt is theirs (Apache-2.0): the user points at their file and it is read from there.
+PAPER_SOURCE = ("github.com/ekonwang/UAL4Alignment, file benchmark/sample/gpt4_ent_score.py at commit "
+                "3ed0ffcdebd9de110d041534388414dd41eb25c6")
+PAPER_VARIABLE = "prompt_temp"
+PAPER_PLACEHOLDER = "{example}"
+PAPER_SHA256 = "3df88be8d93e92fc914d7d473c3360f6ce842621a0dbd38a3d49794e84ba5785"
+PAPER_LENGTH = 1272
+# The call settings of the authors' script (its argparse defaults), sent unless the user gives others.
+PAPER_REQUEST = {"temperature": 0.0, "top_p": 0.9, "max_tokens": 4096}
+
+
+@dataclass(frozen=True)
+class Rubric:
+    """One way of asking the judge: the template, its version, how a row becomes the sample text in it, and the
+    request settings it implies (the user's flags override them)."""
+
+    name: str  # ual | paper | custom
+    template: str
+    version: str
+    placeholder: str
+    render: Callable[[dict, str], str]
+    request: dict = field(default_factory=dict)
+
+    def prompt(self, rendered: str) -> str:
+        """The template with the sample in place (plain replace: templates may contain other braces)."""
+        return self.template.replace(self.placeholder, rendered)
+
+    def describe(self) -> str:
+        settings = ", ".join(f"{k} {v:g}" for k, v in self.request.items())
+        return f"{self.name} ({self.version})" + (f"; sends {settings} unless given" if settings else "")
+
+
+def load_rubric(name: str = "ual", *, rubric_file: str | Path | None = None,
+                prompt_template: str | Path | None = None) -> Rubric:
+    """The rubric a run asks with. ``paper`` reads the authors' template out of their file; ``prompt_template``
+    (a file with a ``{sample}`` placeholder) is the user's own wording."""
+    if name not in RUBRICS:
+        raise TemplateError(f"unknown rubric {name!r}; choose one of {', '.join(RUBRICS)}")
+    if name == "paper":
+        if prompt_template is not None:
+            raise TemplateError("--prompt-template is your own wording; it cannot be combined with --rubric paper")
+        if rubric_file is None:
+            raise TemplateError(f"--rubric paper needs the authors' file: --rubric-file PATH, the file "
+                                f"{PAPER_SOURCE} (Apache-2.0); ual reads {PAPER_VARIABLE} from it without running it")
+        template = read_paper_template(rubric_file)
+        return Rubric("paper", template, "paper:" + PAPER_SHA256[:12], PAPER_PLACEHOLDER, render_paper_sample,
+                      dict(PAPER_REQUEST))
+    if rubric_file is not None:
+        raise TemplateError("--rubric-file is read by --rubric paper only; your own wording goes in --prompt-template")
+    template, version = load_template(prompt_template)
+    return Rubric("ual" if prompt_template is None else "custom", template, version, PLACEHOLDER, render_sample)
+
+
+def read_paper_template(path: str | Path) -> str:
+    """The ``prompt_temp`` string of the authors' ``gpt4_ent_score.py``, parsed (never executed) and checked
+    against the template's sha256, so another file or another version is a clear error, not another rubric."""
+    path = Path(path)
+    try:
+        source = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TemplateError(f"cannot read --rubric-file {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise TemplateError(f"--rubric-file {str(path)!r} is not UTF-8 text") from None
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except SyntaxError as exc:
+        raise TemplateError(f"--rubric-file {str(path)!r}, line {exc.lineno}: not Python ({exc.msg}); it should be "
+                            f"the authors' gpt4_ent_score.py") from None
+    found = [node.value for node in tree.body if isinstance(node, ast.Assign)
+             and any(isinstance(t, ast.Name) and t.id == PAPER_VARIABLE for t in node.targets)]
+    if not found:
+        raise TemplateError(f"--rubric-file {str(path)!r} assigns no {PAPER_VARIABLE} at its top level; it should "
+                            f"be {PAPER_SOURCE}")
+    value = found[-1]
+    if not (isinstance(value, ast.Constant) and isinstance(value.value, str)):
+        raise TemplateError(f"--rubric-file {str(path)!r}, line {value.lineno}: {PAPER_VARIABLE} is not a plain "
+                            "string literal, so it cannot be read without running the file")
+    template = value.value
+    digest = hashlib.sha256(template.encode("utf-8")).hexdigest()
+    if digest != PAPER_SHA256:
+        raise TemplateError(
+            f"--rubric-file {str(path)!r}, line {value.lineno}: {PAPER_VARIABLE} is not the authors' template "
+            f"({len(template):,} characters, sha256 {digest[:12]}…; expected {PAPER_LENGTH:,} characters, "
+            f"sha256 {PAPER_SHA256[:12]}…). Use {PAPER_SOURCE}, or --prompt-template for your own wording")
+    return template
+
+
+def render_paper_sample(row: dict, fmt: str) -> str:
+    """The sample as the authors showed it to their judge: its turn texts joined with newlines, no role labels
+    (``"\n".join(sample["conversations"])``). An Alpaca row: instruction, then input when not empty, then output."""
+    if fmt == "alpaca":
+        parts = [row["instruction"], *([row["input"]] if (row.get("input") or "").strip() else []), row["output"]]
+        return "\n".join(_content_text(p) for p in parts)
+    return "\n".join(_content_text(m.get("content")) for m in turns(row, fmt))
 
 
 def load_template(path: str | Path | None) -> tuple[str, str]:
@@ -82,11 +183,6 @@ def render_turns(messages: list[dict]) -> str:
 def render_sample(row: dict, fmt: str) -> str:
     """One dataset row (any shape ``ual.formats`` knows) rendered for the judge."""
     return render_turns(turns(row, fmt))
-
-
-def build_prompt(template: str, sample: str) -> str:
-    """The template with the rendered sample in place (plain replace: templates may contain braces)."""
-    return template.replace(PLACEHOLDER, sample)
 
 
 def first_messages(prompt: str) -> list[dict]:

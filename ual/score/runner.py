@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from ual.score.cache import sample_key
 from ual.score.judge_openai import RequestFailed
 from ual.score.parse import ScoreParseError, parse_score
-from ual.score.rubric import build_prompt, first_messages, reminder_messages, render_sample
+from ual.score.rubric import Rubric, first_messages, reminder_messages
 
-PROVENANCE_COLUMNS = ("uncertainty", "uncertainty_method", "uncertainty_prompt_version", "uncertainty_raw_reply")
+PROVENANCE_COLUMNS = ("uncertainty", "uncertainty_method", "uncertainty_rubric", "uncertainty_prompt_version",
+                      "uncertainty_raw_reply")
 
 
 class SampleError(ValueError):
@@ -66,20 +67,21 @@ class Outcome:
         )
 
 
-def plan_samples(rows: list[dict], formats, template: str, prompt_version: str, judge: str):
-    """(distinct samples in first-seen order, the sample key of every row). ``formats``: one per row, or one."""
+def plan_samples(rows: list[dict], formats, rubric: Rubric, judge: str):
+    """(distinct samples in first-seen order, the sample key of every row). ``formats``: one per row, or one.
+    A sample's key is its rendering, ``rubric.version`` and the judge, so each rubric has its own cache entries."""
     if isinstance(formats, str):
         formats = [formats] * len(rows)
     samples: dict[str, Sample] = {}
     row_keys = []
     for index, (row, fmt) in enumerate(zip(rows, formats)):
         try:
-            rendered = render_sample(row, fmt)
+            rendered = rubric.render(row, fmt)
         except (KeyError, TypeError, AttributeError) as exc:
             raise SampleError(f"row {index}: cannot read it as format {fmt!r} ({type(exc).__name__}: {exc})") from None
-        key = sample_key(rendered, prompt_version, judge)
+        key = sample_key(rendered, rubric.version, judge)
         if key not in samples:
-            samples[key] = Sample(key=key, rendered=rendered, prompt=build_prompt(template, rendered))
+            samples[key] = Sample(key=key, rendered=rendered, prompt=rubric.prompt(rendered))
         samples[key].rows.append(index)
         row_keys.append(key)
     return list(samples.values()), row_keys
@@ -175,13 +177,15 @@ def run_nll(scorer, samples: list[Sample], messages_of, on_outcome, batch_size: 
             on_outcome(out)
 
 
-def assemble(rows, row_scores, row_replies, method: str, prompt_version: str | None) -> list[dict]:
+def assemble(rows, row_scores, row_replies, method: str, prompt_version: str | None,
+             rubric: str | None = None) -> list[dict]:
     """Every input row unchanged, plus the score and its provenance (None where it failed)."""
     out = []
     for row, score, reply in zip(rows, row_scores, row_replies):
         new = {k: v for k, v in row.items() if k not in PROVENANCE_COLUMNS}
         new["uncertainty"] = None if score is None else float(score)
         new["uncertainty_method"] = method
+        new["uncertainty_rubric"] = rubric
         new["uncertainty_prompt_version"] = prompt_version
         new["uncertainty_raw_reply"] = reply
         out.append(new)

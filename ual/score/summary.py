@@ -29,6 +29,8 @@ class RunStats:
     reminders: int = 0
     retries: int = 0
     usage: dict = field(default_factory=dict)
+    rubric: str | None = None  # ual | paper | custom; None for model-nll and the prior
+    request: dict = field(default_factory=dict)  # temperature, top_p, max_tokens as sent
 
 
 def histogram_counts(scores) -> list[int]:
@@ -69,6 +71,10 @@ def smoothing_line(scores, target_mean: float) -> str:
     return f"smoothing (uncertainty, target mean {target_mean:g}): {summarize(fitted(values))}"
 
 
+def _settings(request: dict) -> str:
+    return ", ".join(f"{name} {value:g}" for name, value in request.items())
+
+
 def format_summary(stats: RunStats, scores, sources, target_mean: float, failures=(), failures_path=None) -> str:
     """The end-of-run report (plain text)."""
     lines = [
@@ -76,6 +82,8 @@ def format_summary(stats: RunStats, scores, sources, target_mean: float, failure
         f"scored now: {stats.scored}  from cache: {stats.cached}  failed: {stats.failed}"
         + (f" ({stats.failed_rows} rows)" if stats.failed else ""),
     ]
+    if stats.rubric:
+        lines.append(f"rubric: {stats.rubric}" + (f"  sent with {_settings(stats.request)}" if stats.request else ""))
     if stats.requests or stats.retries or stats.reminders:
         lines.append(f"requests: {stats.requests}  reminders: {stats.reminders}  transient retries: {stats.retries}")
     if stats.usage:
