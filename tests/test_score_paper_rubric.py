@@ -172,3 +172,32 @@ def test_a_wrong_file_stops_before_any_request(tmp_path, template, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("ual score: error: --rubric-file")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_rubric_cost_benchmark_counts_what_the_judge_did(tmp_path, template):
+    """benchmarks/judge_rubrics.py against a judge that answers the paper prompt in prose first."""
+    import subprocess
+    import sys
+
+    path = authors_file(tmp_path / "gpt4_ent_score.py", template)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"q{i:03d} task", "completion": "answer"}) + "\n" for i in range(6)))
+
+    def judge(req):
+        paper = "#### Example:" in req.messages[0]["content"]
+        if paper and len(req.messages) == 1:  # first ask: prose with two bands in it, unreadable -> the reminder
+            return reply("This sits between the 0-39 and 40-69 bands." if req.key != "q005" else "low")
+        return reply("Score: 7" if paper else "55")
+
+    with JudgeServer(judge) as server:
+        done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "judge_rubrics.py"), "--base-url", server.url,
+                               "--model", "m/x", "--rubric-file", str(path), "--files", str(rows), "--out",
+                               str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+        sent = len(server.requests)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "out" / "judge_rubrics_m_x.json").read_text())
+    ual, paper = result["rubrics"]["ual"], result["rubrics"]["paper"]
+    assert (ual["samples"], ual["requests"], ual["first_reply_unreadable"], ual["failed"]) == (6, 6, 0, 0)
+    assert (paper["samples"], paper["requests"], paper["first_reply_unreadable"], paper["failed"]) == (6, 12, 6, 0)
+    assert ual["requests"] + paper["requests"] == sent
+    assert paper["mean_score"] == 7 and ual["mean_score"] == 55
