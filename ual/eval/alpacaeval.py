@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ual.eval import data
+from ual.eval import data, protocols
 from ual.errors import UsageError
 from ual.eval.generate import Generation
 from ual.eval.runner import EvalOptions, base_settings, check_inputs, generate_for, write_results
@@ -61,16 +61,22 @@ def run(opts: EvalOptions, *, data_source: str | None = None, generator: str | N
         raise UsageError(f"eval data {data_source!r}: {len(inputs)} rows have an 'input' field; AlpacaEval "
                          "instructions are single prompts")
     generator = generator or opts.spec.label
-    out = check_inputs(opts, "alpacaeval")
+    name = "alpacaeval-paper" if opts.protocol == "paper" else "alpacaeval"
+    out = check_inputs(opts, name)
 
     settings = base_settings(opts, "alpacaeval")
-    settings.update(name="alpacaeval", data={**data.describe_source(data_source), "rows_evaluated": len(rows)}, generator=generator)
-    convs = [[{"role": "user", "content": r["instruction"]}] for r in rows]
-    gens, facts = generate_for(opts, convs, desc="alpacaeval")
+    settings.update(name=name, data={**data.describe_source(data_source), "rows_evaluated": len(rows)}, generator=generator)
+    if opts.protocol == "paper":  # the authors' plain-text '### User: / ### Assistant: ' prompt, no chat template
+        settings["prompt_format"] = protocols.paper_dialogue("{instruction}")
+        gens, facts = generate_for(opts, None, desc=name,
+                                   raw_prompts=[protocols.paper_dialogue(r["instruction"]) for r in rows])
+    else:
+        convs = [[{"role": "user", "content": r["instruction"]}] for r in rows]
+        gens, facts = generate_for(opts, convs, desc=name)
     settings.update(facts)
     records = model_outputs(rows, gens, generator)
     validate_model_outputs(records)
-    results = {"task": "alpacaeval", "name": "alpacaeval", "model": settings["model"], "generator": generator,
+    results = {"task": "alpacaeval", "name": name, "model": settings["model"], "generator": generator,
                "model_outputs": MODEL_OUTPUTS, "metrics": length_stats(gens)}
     samples = [{**rec, "finish_reason": g.finish_reason, "num_tokens": g.num_tokens} for rec, g in zip(records, gens)]
     return write_results(out, opts, settings, results, samples, extra={MODEL_OUTPUTS: records})

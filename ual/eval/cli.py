@@ -41,21 +41,30 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
 
 
-def _generation_flags(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
+def _generation_flags(p: argparse.ArgumentParser, *, task: str, max_new_tokens: int) -> None:
+    from ual.eval.protocols import PAPER_MAX_NEW_TOKENS
+
     g = p.add_argument_group("generation")
+    g.add_argument("--protocol", default="ual", choices=("ual", "paper"),
+                   help="ual: the question through the chat template, greedy (default); paper: the UAL authors' "
+                        "plain-text prompt, temperature 0.8, top-k 200, prompt cut to 512 tokens, "
+                        f"{PAPER_MAX_NEW_TOKENS[task]} new tokens" + (", and their substring metric beside "
+                        "math-verify" if task != "alpacaeval" else "") + " (docs/eval.md)")
     g.add_argument("--backend", default="auto", choices=("auto", "transformers", "vllm"),
                    help="auto: vLLM if installed and a GPU is present (UNTESTED path), else transformers")
     g.add_argument("--batch-size", type=_positive_int("--batch-size"), default=8, help="prompts per batch (default: 8)")
-    g.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=max_new_tokens,
-                   help=f"generation length limit (default: {max_new_tokens})")
-    g.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: 0)")
-    g.add_argument("--top-k", type=int, default=None, help="top-k sampling (with --temperature > 0)")
+    g.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=None,
+                   help=f"generation length limit (default: {max_new_tokens}; --protocol paper: "
+                        f"{PAPER_MAX_NEW_TOKENS[task]})")
+    g.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: 0; --protocol paper: 0.8)")
+    g.add_argument("--top-k", type=int, default=None, help="top-k sampling (with --temperature > 0; --protocol paper: 200)")
     g.add_argument("--top-p", type=float, default=None, help="nucleus sampling (with --temperature > 0)")
     g.add_argument("--paper-sampling", action="store_true",
-                   help="the UAL authors' decoding: temperature 0.8, top-k 200 (overrides --temperature/--top-k)")
+                   help="only the UAL authors' decoding (temperature 0.8, top-k 200) with this project's prompt; "
+                        "--protocol paper is their whole protocol")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop string (repeatable); generation also stops at EOS")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    g.add_argument("--seed", type=int, default=0, help="random seed of the sampling, recorded in settings.json (default: 0)")
 
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
@@ -94,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
             d.add_argument("--fewshot-data", default=None,
                            help="file of solved examples (gsm8k default: data/eval/gsm8k_fewshot.jsonl)")
             d.add_argument("--prompt-format", default="{question}", help="user message; {question} is replaced (default: '{question}')")
-        _generation_flags(p, max_new_tokens=default_tokens)
+        _generation_flags(p, task=task, max_new_tokens=default_tokens)
         _run_flags(p)
 
     an = sub.add_parser("analyze", help="analyses of trained models")
@@ -127,25 +136,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def generation_settings(args):
+    """Decoding settings from the flags: the protocol's defaults (``paper``: the authors'), explicit flags on top."""
+    from ual.eval.generate import GenerationSettings
+    from ual.eval.protocols import PAPER_DECODING, PAPER_MAX_NEW_TOKENS, PAPER_MAX_PROMPT_TOKENS
+
+    paper = args.protocol == "paper"
+    temperature, top_k = args.temperature or 0.0, args.top_k
+    if args.paper_sampling or paper:
+        temperature = PAPER_DECODING["temperature"] if args.temperature is None else args.temperature
+        top_k = PAPER_DECODING["top_k"] if args.top_k is None else args.top_k
+    if temperature == 0 and (top_k is not None or args.top_p is not None):
+        raise UsageError("--top-k/--top-p apply to sampling: also pass --temperature > 0 (or --paper-sampling)")
+    default_tokens = 1536 if args.task == "alpacaeval" else 512  # the defaults the parser shows
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens or (PAPER_MAX_NEW_TOKENS[args.task] if paper else default_tokens),
+        temperature=temperature, top_k=top_k, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
+        stop_strings=list(args.stop), max_prompt_tokens=PAPER_MAX_PROMPT_TOKENS if paper else None,
+    )
+
+
 def _eval(args, argv: list[str]) -> int:
     from ual.eval import alpacaeval, maths
-    from ual.eval.generate import PAPER_SAMPLING, GenerationSettings
     from ual.eval.models import ModelSpec
     from ual.eval.runner import EvalOptions
 
-    temperature, top_k = args.temperature or 0.0, args.top_k
-    if args.paper_sampling:
-        temperature, top_k = PAPER_SAMPLING["temperature"], PAPER_SAMPLING["top_k"]
-    if temperature == 0 and (top_k is not None or args.top_p is not None):
-        raise UsageError("--top-k/--top-p apply to sampling: also pass --temperature > 0 (or --paper-sampling)")
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=top_k, top_p=args.top_p,
-        batch_size=args.batch_size, seed=args.seed, stop_strings=list(args.stop),
-    )
+    settings = generation_settings(args)
     opts = EvalOptions(
         spec=ModelSpec(args.model, args.adapter), generation=settings, output_dir=args.output_dir,
         overwrite=args.overwrite, limit=args.limit, chat_template=args.chat_template, dtype=args.dtype,
         device=args.device, backend=args.backend, progress=not args.no_progress, command=["ual", *argv],
+        protocol=args.protocol,
     )
     if args.task == "alpacaeval":
         out = alpacaeval.run(opts, data_source=args.data, generator=args.generator_name)
@@ -163,7 +184,13 @@ def _print_summary(out) -> None:
 
     results = json.loads((out / "results.json").read_text())
     m = results["metrics"]
-    if "accuracy" in m:
+    if "accuracy_math_verify" in m:
+        lo, hi = m["accuracy_ci95"]
+        mlo, mhi = m["accuracy_math_verify_ci95"]
+        print(f"{results['name']}: substring accuracy (the authors') {100 * m['accuracy']:.1f}% [{100 * lo:.1f}, "
+              f"{100 * hi:.1f}] ({m['correct']}/{m['n']}); math-verify on the same outputs "
+              f"{100 * m['accuracy_math_verify']:.1f}% [{100 * mlo:.1f}, {100 * mhi:.1f}]; results in {out}")
+    elif "accuracy" in m:
         lo, hi = m["accuracy_ci95"]
         print(f"{results['name']}: accuracy {100 * m['accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
               f"({m['correct']}/{m['n']}); results in {out}")

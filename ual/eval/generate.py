@@ -1,8 +1,9 @@
 """Batched generation from chat prompts, with transformers (always) or vLLM (when it is installed and a GPU
 is present), returning the same records either way so results files do not depend on the backend.
 
-Why the prompts are rendered here and tokenized without special tokens: a chat template already writes
-the BOS token; tokenizing its output with ``add_special_tokens=True`` would add a second one.
+Why chat prompts are rendered here and tokenized without special tokens: a chat template already writes
+the BOS token; tokenizing its output with ``add_special_tokens=True`` would add a second one. Plain-text prompts
+(``--protocol paper``) are tokenized with them, as the UAL authors' tokenizer did.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from tqdm.auto import tqdm
 from ual.errors import UsageError
 
 BACKENDS = ("auto", "transformers", "vllm")
-PAPER_SAMPLING = {"temperature": 0.8, "top_k": 200}  # the UAL authors' AlpacaEval decoding (PAPER.md §5)
 
 
 @dataclass
@@ -32,6 +32,7 @@ class GenerationSettings:
     batch_size: int = 8
     seed: int = 0
     stop_strings: list[str] = field(default_factory=list)
+    max_prompt_tokens: int | None = None  # keep only a prompt's last N tokens (the UAL authors' max_tokens)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -44,6 +45,8 @@ class GenerationSettings:
             raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UsageError(f"--top-p must lie in (0, 1], got {self.top_p}")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise UsageError(f"max_prompt_tokens must be at least 1, got {self.max_prompt_tokens}")
 
     @property
     def greedy(self) -> bool:
@@ -84,6 +87,15 @@ def render_prompts(tokenizer, conversations: list[list[dict]], chat_template: st
     except Exception as e:  # jinja errors: TemplateError, raise_exception() in the template, ...
         source = "--chat-template" if chat_template is not None else f"the chat template of {where}"
         raise UsageError(f"{source} failed to render a prompt: {e}") from None
+
+
+def encode_prompts(tokenizer, prompts: list[str], settings: GenerationSettings, *, raw: bool) -> list[list[int]]:
+    """Token ids of each prompt: chat-rendered ones as they are, plain-text (``raw``) ones with the tokenizer's
+    special tokens; then only the last ``max_prompt_tokens`` are kept, as the UAL authors did."""
+    encoded = [tokenizer(p, add_special_tokens=raw)["input_ids"] for p in prompts]
+    if settings.max_prompt_tokens is not None:
+        encoded = [ids[-settings.max_prompt_tokens:] for ids in encoded]
+    return encoded
 
 
 def vllm_usable() -> bool:
@@ -128,7 +140,7 @@ def _finish(new_ids: list[int], eos: set[int], tokenizer, settings: GenerationSe
 
 
 @torch.inference_mode()
-def generate_transformers(model, tokenizer, prompts: list[str], settings: GenerationSettings, *, desc: str = "generating", progress: bool = True) -> list[Generation]:
+def generate_transformers(model, tokenizer, prompts: list[str], settings: GenerationSettings, *, desc: str = "generating", progress: bool = True, raw: bool = False) -> list[Generation]:
     """Left-padded batches, longest prompts first (similar lengths share a batch; an out-of-memory shows up
     in the first batch, not after an hour). Results come back in the order of ``prompts``."""
     from transformers import set_seed
@@ -146,7 +158,7 @@ def generate_transformers(model, tokenizer, prompts: list[str], settings: Genera
     config.eos_token_id = eos
     config.pad_token_id = tokenizer.pad_token_id
     config.stop_strings = list(settings.stop_strings) or None
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = encode_prompts(tokenizer, prompts, settings, raw=raw)
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     device = next(model.parameters()).device
     results: list[Generation | None] = [None] * len(prompts)
@@ -162,7 +174,7 @@ def generate_transformers(model, tokenizer, prompts: list[str], settings: Genera
     return results  # type: ignore[return-value]
 
 
-def generate_vllm(spec, tokenizer, prompts: list[str], settings: GenerationSettings, *, dtype: str = "auto") -> list[Generation]:
+def generate_vllm(spec, tokenizer, prompts: list[str], settings: GenerationSettings, *, dtype: str = "auto", raw: bool = False) -> list[Generation]:
     """The same records from vLLM. UNTESTED in this repository (vLLM cannot be installed on its CPU-only
     machines); kept to the documented vLLM API: ``LLM.generate`` on token-id prompts, ``LoRARequest`` for
     an adapter, ``finish_reason`` "stop"/"length" and ``stop_reason`` None for EOS."""
@@ -189,7 +201,7 @@ def generate_vllm(spec, tokenizer, prompts: list[str], settings: GenerationSetti
         stop=list(settings.stop_strings) or None,
         skip_special_tokens=True,
     )
-    token_prompts = [TokensPrompt(prompt_token_ids=tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    token_prompts = [TokensPrompt(prompt_token_ids=ids) for ids in encode_prompts(tokenizer, prompts, settings, raw=raw)]
     outputs = llm.generate(token_prompts, params, lora_request=lora)
     results = []
     for out in outputs:

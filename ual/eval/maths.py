@@ -1,8 +1,9 @@
-"""GSM8K and MetaMath-style accuracy: 0-shot (or k-shot as earlier chat turns), greedy by default, final
-answers compared with math-verify, accuracy with a Wilson 95% interval, one JSONL line per problem.
+"""GSM8K and MetaMath-style accuracy with a Wilson 95% interval, one JSONL line per problem.
 
-The paper's metric was "gold answer appears in the output" (PAPER.md §5), which counts a rambling output
-that mentions the right number anywhere; here the model's *final* answer is parsed and compared.
+Protocol ``ual`` (default): 0-shot (or k-shot as earlier chat turns), greedy, the model's *final* answer parsed
+and compared with math-verify. Protocol ``paper`` (``ual.eval.protocols``): the authors' prompt and sampling, and
+their metric, "the gold string occurs anywhere in the output", which also counts an output that mentions the
+right number in passing ("18" in "180"); the math-verify accuracy of the same outputs is reported beside it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ual.eval import answers, data
+from ual.eval import answers, data, protocols
 from ual.errors import UsageError
 from ual.eval.generate import Generation
 from ual.eval.runner import EvalOptions, base_settings, check_inputs, generate_for, write_results
@@ -93,6 +94,33 @@ def score(rows: list[dict], task: MathTask, golds: list[str], gens: list[Generat
     return metrics, samples
 
 
+def score_paper(rows: list[dict], task: MathTask, paper_golds: list[str], golds: list[str],
+                gens: list[Generation]) -> tuple[dict, list[dict]]:
+    """The authors' substring accuracy and the math-verify accuracy of the same outputs, side by side."""
+    metrics, samples = score(rows, task, golds, gens)
+    hits = 0
+    for sample, gold, gen in zip(samples, paper_golds, gens, strict=True):
+        hit = protocols.substring_hit(gold, gen.text)
+        hits += hit
+        sample.update(gold_paper=gold, correct_math_verify=sample["correct"], correct=hit)
+    n = len(samples)
+    mv = {"accuracy_math_verify": metrics.pop("accuracy"), "accuracy_math_verify_ci95": metrics.pop("accuracy_ci95"),
+          "correct_math_verify": metrics.pop("correct")}
+    lo, hi = wilson_interval(hits, n)
+    return {"accuracy": hits / n, "accuracy_ci95": [lo, hi], "correct": hits, "metric": "substring (the authors')",
+            **mv, **metrics}, samples
+
+
+def paper_golds(rows: list[dict], task: MathTask, source: str) -> list[str]:
+    golds = []
+    for i, row in enumerate(rows):
+        try:
+            golds.append(protocols.paper_gold(task.name, row[task.solution]))
+        except ValueError as e:
+            raise UsageError(f"eval data {source!r}: row {i} (0-based), column {task.solution!r}: {e}") from None
+    return golds
+
+
 def run(
     task_name: str,
     opts: EvalOptions,
@@ -115,7 +143,11 @@ def run(
         raise UsageError(f"--prompt-format {prompt_format!r} must contain the placeholder {{question}}")
     if num_fewshot < 0:
         raise UsageError(f"--num-fewshot must be >= 0, got {num_fewshot}")
+    paper = opts.protocol == "paper"
+    if paper and (num_fewshot or prompt_format != "{question}"):
+        raise UsageError("--protocol paper asks 0-shot with the authors' prompt; drop --num-fewshot/--prompt-format")
     name = task.name if num_fewshot == 0 else f"{task.name}-{num_fewshot}shot"
+    name += "-paper" if paper else ""
 
     rows = data.load_rows(data_source, config=data_config, split=split)
     data.check_columns(rows, (task.question, task.solution), data_source, task.name)
@@ -139,11 +171,18 @@ def run(
         data={**data.describe_source(data_source), "config": data_config, "split": split, "rows_evaluated": len(rows)},
         num_fewshot=num_fewshot,
         fewshot_data=data.describe_source(fewshot_source) if num_fewshot else None,
-        prompt_format=prompt_format,
+        prompt_format=protocols.paper_math_prompt("{question}") if paper else prompt_format,
         answer_extraction="math-verify after the last '####' / 'answer is' anchor (ual.eval.answers)",
     )
-    gens, facts = generate_for(opts, conversations(rows, task, prompt_format, fewshot), desc=name)
+    if paper:
+        settings["paper_metric"] = ("gold string anywhere in the output; gold = text after the last '####' (gsm8k), "
+                                    "last word of the response (metamath)")
+        gold_strings = paper_golds(rows, task, data_source)
+        prompts = [protocols.paper_math_prompt(r[task.question]) for r in rows]
+        gens, facts = generate_for(opts, None, desc=name, raw_prompts=prompts)
+    else:
+        gens, facts = generate_for(opts, conversations(rows, task, prompt_format, fewshot), desc=name)
     settings.update(facts)
-    metrics, samples = score(rows, task, golds, gens)
+    metrics, samples = score_paper(rows, task, gold_strings, golds, gens) if paper else score(rows, task, golds, gens)
     results = {"task": task.name, "name": name, "model": settings["model"], "metrics": metrics}
     return write_results(out, opts, settings, results, samples)

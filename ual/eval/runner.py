@@ -19,6 +19,7 @@ from ual.eval.generate import (
     read_chat_template,
     render_prompts,
 )
+from ual.eval.protocols import PROTOCOLS
 from ual.eval.models import (
     ModelSpec,
     check_adapter_path,
@@ -45,10 +46,15 @@ class EvalOptions:
     backend: str = "auto"
     progress: bool = True
     command: list[str] | None = None
+    protocol: str = "ual"  # ual | paper (ual.eval.protocols)
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit must be a positive number of rows, got {self.limit}")
+        if self.protocol not in PROTOCOLS:
+            raise UsageError(f"--protocol {self.protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+        if self.protocol == "paper" and self.chat_template is not None:
+            raise UsageError("--protocol paper writes the authors' plain-text prompt; --chat-template does not apply")
 
 
 def default_output_dir(spec: ModelSpec, name: str) -> Path:
@@ -70,31 +76,42 @@ def check_inputs(opts: EvalOptions, name: str) -> Path:
     return outputs.check_output_dir(out, opts.overwrite)
 
 
-def generate_for(opts: EvalOptions, conversations: list[list[dict]], desc: str) -> tuple[list[Generation], dict]:
-    """Load the model on the chosen backend, render every conversation, generate. Returns the generations
-    and the run facts that belong in settings.json (backend, device, dtype, chat template, timing)."""
+def generate_for(opts: EvalOptions, conversations: list[list[dict]] | None, desc: str, *,
+                 raw_prompts: list[str] | None = None) -> tuple[list[Generation], dict]:
+    """Load the model on the chosen backend, render every conversation (or take ``raw_prompts``, plain text that
+    no chat template touches), generate. Returns the generations and the run facts that belong in settings.json
+    (backend, device, dtype, chat template, the first prompt exactly, timing)."""
     backend = choose_backend(opts.backend)
-    template = read_chat_template(opts.chat_template)
+    raw = raw_prompts is not None
+    template = None if raw else read_chat_template(opts.chat_template)
     started = time.time()
+
+    def prompts_for(tokenizer):
+        return raw_prompts if raw else render_prompts(tokenizer, conversations, template,
+                                                      where=f"--model {opts.spec.model!r}")
+
     if backend == "vllm":
         tokenizer = load_tokenizer(opts.spec)
-        prompts = render_prompts(tokenizer, conversations, template, where=f"--model {opts.spec.model!r}")
+        prompts = prompts_for(tokenizer)
         device, dtype = "cuda", opts.dtype
-        gens = generate_vllm(opts.spec, tokenizer, prompts, opts.generation, dtype=opts.dtype)
+        gens = generate_vllm(opts.spec, tokenizer, prompts, opts.generation, dtype=opts.dtype, raw=raw)
     else:
         model, tokenizer = load_model(opts.spec, dtype=opts.dtype, device=opts.device)
-        prompts = render_prompts(tokenizer, conversations, template, where=f"--model {opts.spec.model!r}")
+        prompts = prompts_for(tokenizer)
         device = str(next(model.parameters()).device)
         dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-        gens = generate_transformers(model, tokenizer, prompts, opts.generation, desc=desc, progress=opts.progress)
+        gens = generate_transformers(model, tokenizer, prompts, opts.generation, desc=desc, progress=opts.progress,
+                                     raw=raw)
     facts = {
         "backend": backend,
         "device": device,
         "dtype": dtype,
-        "chat_template": {
+        "chat_template": None if raw else {
             "source": opts.chat_template or "model",
             "template": template if template is not None else tokenizer.chat_template,
         },
+        "prompt_tokenization": ("plain text with the tokenizer's special tokens" if raw
+                                else "chat template, no special tokens added"),
         "first_prompt": prompts[0] if prompts else None,
         "generation_seconds": round(time.time() - started, 2),
     }
@@ -104,6 +121,7 @@ def generate_for(opts: EvalOptions, conversations: list[list[dict]], desc: str) 
 def base_settings(opts: EvalOptions, task: str) -> dict:
     return {
         "task": task,
+        "protocol": opts.protocol,
         "command": opts.command,
         "model": model_record(opts.spec),
         "limit": opts.limit,
