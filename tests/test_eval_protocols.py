@@ -175,3 +175,49 @@ def test_paper_protocol_refuses_what_it_cannot_honour(tmp_path, tiny_model_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and message in err[0]
     assert not (tmp_path / "o").exists()
+
+
+# --- the authors' MetaMath test set ------------------------------------------------------------------------
+
+
+def metamathqa(n: int) -> list[dict]:
+    """MetaMathQA-shaped rows: each source problem appears as several rephrasings (its original_question)."""
+    rows = []
+    for i in range(n):
+        source = i // 3
+        rows.append({"query": f"Problem {source}, version {i % 3}: a farmer has {source + 7} cows and buys {i} more.",
+                     "response": f"Add them.\nThe answer is: {source + 7 + i}.", "type": "GSM_Rephrased",
+                     "original_question": f"original problem {source}"})
+    return rows
+
+
+def test_metamath_testset_is_the_last_1030_rows_with_the_authors_gold(tmp_path, capsys):
+    rows = metamathqa(1100)
+    src = write_jsonl(tmp_path / "MetaMathQA.jsonl", rows)
+    train_rows = rows[:70] + [{"messages": [{"role": "user", "content": rows[80]["query"]},
+                                            {"role": "assistant", "content": "x"}]}]
+    train = write_jsonl(tmp_path / "train.jsonl", train_rows)
+    out = tmp_path / "metamath_test.jsonl"
+    assert main(["testset", "metamath", str(src), "--output", str(out), "--train", str(train)]) == 0
+    test = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(test) == 1030 and test[0]["source_row"] == 70 and test[-1]["query"] == rows[-1]["query"]
+    # gold as their math_bench.py: response.strip(' .').split()[-1]; the parsed one beside it
+    assert all(t["gold_paper"] == r["response"].strip(" .").split()[-1] for t, r in zip(test, rows[70:]))
+    assert test[0]["gold"] == str(23 + 7 + 70)
+    report = json.loads((tmp_path / "metamath_test.jsonl.overlap.json").read_text())["reports"][0]
+    # row 80 is copied into training as a chat; rows 70-71 share source problem 23 with training row 69
+    assert report["exact"] == 1 and report["test_rows"] == 1030
+    assert report["same_original_question"] == 2  # rows 70, 71 (problem 23); the chat row has no original_question
+    assert report["near"]["cosine>=0.9"] >= 1 and report["closest"][0]["cosine"] == pytest.approx(1.0)
+    printed = capsys.readouterr().out
+    assert "exact 1 of 1030" in printed and "same original_question: 2" in printed
+    # the output is never replaced without --overwrite
+    assert main(["testset", "metamath", str(src), "--output", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_metamath_testset_needs_enough_rows(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "small.jsonl", metamathqa(50))
+    assert main(["testset", "metamath", str(src), "--output", str(tmp_path / "t.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "has 50 rows" in err and "last 1,030" in err and not (tmp_path / "t.jsonl").exists()

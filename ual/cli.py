@@ -20,6 +20,8 @@ commands:
   analyze clustering --model A --model B [...]
                                         the paper's token-clustering analysis (silhouettes, plots)
   report RUN_DIR [RUN_DIR ...]          one table of every run's eval results and smoothing
+  testset metamath METAMATHQA --output FILE [--train FILE]
+                                        the authors' MetaMath test set, and its overlap with your training data
 
 `ual COMMAND --help` shows a command's options."""
 
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         from ual.launch import main as launch
 
         return launch(rest)
-    if command in ("eval", "analyze", "report"):
+    if command in ("eval", "analyze", "report", "testset"):
         from ual.eval.cli import main as evaluate
 
         return evaluate(argv)

@@ -133,7 +133,33 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--output-dir", default=None, help="also write report.md, report.csv and report.png here")
     rp.add_argument("--overwrite", action="store_true")
     rp.add_argument("--all-metrics", action="store_true", help="every metric in the table, not only the headline ones")
+    ts = sub.add_parser("testset", help="build an evaluation set the way the UAL authors did")
+    which = ts.add_subparsers(dest="testset", required=True)
+    mm = which.add_parser("metamath", help="the authors' MetaMath test set: the last 1,030 rows of MetaMathQA's "
+                          "train split, with its overlap with your training data")
+    mm.add_argument("source", help="a local MetaMathQA file (e.g. MetaMathQA-395K.json from meta-math/MetaMathQA)")
+    mm.add_argument("--output", "-o", required=True, help="where to write the test set (.jsonl)")
+    mm.add_argument("--train", action="append", default=[], metavar="FILE",
+                    help="a training file to check for overlap (repeatable): any ual.formats shape")
+    mm.add_argument("--overwrite", action="store_true", help="replace an existing output and overlap report")
     return parser
+
+
+def _testset(args) -> int:
+    from ual.eval.testsets import build_metamath
+
+    done = build_metamath(args.source, args.output, args.train, overwrite=args.overwrite)
+    print(f"wrote {done['rows']} rows to {args.output} (gold: the response's last word, as the authors; "
+          f"'gold' parsed after 'The answer is:', unreadable in {done['unparsed_gold']})")
+    for report in done["reports"]:
+        near = ", ".join(f"{k.replace('cosine>=', 'cosine >= ')}: {v}" for k, v in report["near"].items())
+        same = (f", same original_question: {report['same_original_question']}"
+                if "same_original_question" in report else "")
+        print(f"overlap with {report['train'].get('path', report['train'].get('hub_id'))}: exact {report['exact']} "
+              f"of {report['test_rows']}, near-duplicates ({near}){same}")
+    if done["overlap_file"]:
+        print(f"overlap details (closest pairs) in {done['overlap_file']}")
+    return 0
 
 
 def generation_settings(args):
@@ -238,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "eval":
             return _eval(args, argv)
+        if args.command == "testset":
+            return _testset(args)
         if args.command == "analyze":
             return _clustering(args, argv)
         return _report(args, argv)
