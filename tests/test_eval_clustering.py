@@ -170,3 +170,41 @@ def test_features_are_the_input_of_lm_head(tiny_model_path):
         np.testing.assert_allclose(feats[t], expected, rtol=1e-5, atol=1e-5)
     # the model still works normally afterwards (the hook is removed)
     assert model(input_ids=torch.tensor([seqs[1]])).logits.shape[-1] == len(tokenizer)
+
+
+def test_paper_data_setting_reads_lima_prompts_alone_in_the_authors_format(tmp_path, tiny_model_path):
+    rows = [{"conversations": [f"Tell me about cats and dogs, number {i}. The cat sat on the mat."], "source": "lima"}
+            for i in range(6)]
+    rows.append({"conversations": ["What do dogs eat?", "RESPONSE NEVER READ"], "source": "lima"})
+    data = write_jsonl(tmp_path / "lima_test.jsonl", rows)
+    out = tmp_path / "o"
+    assert main(["analyze", "clustering", "--model", f"a={tiny_model_path}", "--model", f"b={tiny_model_path}",
+                 "--data", str(data), "--data-setting", "paper", "--num-tokens", "4", "--authors-selection", "a", "b",
+                 "--output-dir", str(out), "--no-progress"]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["data_setting"] == "paper" and settings["max_length"] == 1024
+    # scripts/prepare_lima.py's generate_prompt: one leading newline, the prompt, then the assistant header
+    assert settings["first_text"] == "\n### User: " + rows[0]["conversations"][0] + "\n\n### Assistant: "
+    picked = json.loads((out / "results.json").read_text())["authors_selection"]
+    assert picked["pairs_selected"] == 6 and "NOT the mean over all pairs" in picked["selection"]
+    assert picked["mean"]["a"] == pytest.approx(picked["mean"]["b"])  # the same model twice
+
+
+def test_authors_selection_keeps_the_pairs_with_the_largest_ual_over_ls_ratio():
+    from ual.eval.clustering import PairScore, authors_selection
+
+    def analysis(label, values):
+        text = {t: f"t{t}" for t in range(1, 6)}
+        pairs = [(1, 2), (1, 3), (1, 4), (2, 3), (2, 4)]
+        return {"spec": ModelSpec.parse(f"{label}=m"), "text": text,
+                "scores": [PairScore(a, b, 9, 9, v) for (a, b), v in zip(pairs, values)]}
+
+    ls = analysis("ls", [0.50, 0.40, 0.20, -0.30, 0.10])
+    ual = analysis("ual", [0.40, 0.60, 0.40, -0.10, 0.05])
+    picked = authors_selection([ls, ual], "ls", "ual", k=2)
+    # ratios: 0.8, 1.5, 2.0, (negative mean -> 1e-9/1e-9 = 1), 0.5: the top two are pairs 3 and 2
+    assert picked["mean"]["ual"] == pytest.approx((0.40 + 0.60) / 2)
+    assert picked["mean"]["ls"] == pytest.approx((0.20 + 0.40) / 2)
+    assert picked["mean_all_pairs"]["ls"] == pytest.approx(np.mean([0.5, 0.4, 0.2, -0.3, 0.1]))
+    with pytest.raises(Exception, match="no model labelled"):
+        authors_selection([ls, ual], "ls", "nope")

@@ -112,10 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
                           description="The paper's token-clustering analysis over held-out text.")
     cl.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH[:ADAPTER]",
                     help="model to analyse (repeat for each); PATH[:ADAPTER] applies a PEFT adapter; NAME labels it")
-    cl.add_argument("--data", default=None, help="held-out text: any ual.formats shape (default: data/eval/alpaca_eval.json)")
+    cl.add_argument("--data", default=None, help="held-out text: any ual.formats shape (default: data/eval/alpaca_eval.json); "
+                    "--data-setting paper: a LIMA-format file")
+    cl.add_argument("--data-setting", default="alpacaeval", choices=("alpacaeval", "paper"),
+                    help="alpacaeval: whole conversations of --data, instruction + reference answer by default; paper: "
+                         "the prompts alone of a LIMA-format file in the authors' format, up to 1024 tokens")
+    cl.add_argument("--authors-selection", nargs=2, default=None, metavar=("LS", "UAL"),
+                    help="also report the authors' selection: each model's mean over the 100 pairs with the largest "
+                         "UAL/LS ratio (labels of the LS and UAL models)")
     cl.add_argument("--num-tokens", type=_positive_int("--num-tokens"), default=42, help="K most frequent next tokens (default: 42)")
     cl.add_argument("--max-samples", type=_positive_int("--max-samples"), default=300, help="held-out rows used (default: 300)")
-    cl.add_argument("--max-length", type=_positive_int("--max-length"), default=512, help="tokens per row (default: 512)")
+    cl.add_argument("--max-length", type=_positive_int("--max-length"), default=None,
+                    help="tokens per row (default: 512; --data-setting paper: 1024)")
     cl.add_argument("--max-per-token", type=_positive_int("--max-per-token"), default=1000,
                     help="positions kept per token, drawn at random (default: 1000)")
     cl.add_argument("--batch-size", type=_positive_int("--batch-size"), default=8, help="rows per forward pass (default: 8)")
@@ -225,19 +233,28 @@ def _print_summary(out) -> None:
 
 
 def _clustering(args, argv: list[str]) -> int:
+    import json
+
     from ual.eval import clustering
     from ual.eval.models import ModelSpec
 
     settings = clustering.ClusteringSettings(
-        num_tokens=args.num_tokens, max_samples=args.max_samples, max_length=args.max_length,
+        num_tokens=args.num_tokens, max_samples=args.max_samples,
+        max_length=args.max_length or (1024 if args.data_setting == "paper" else 512),
         max_per_token=args.max_per_token, batch_size=args.batch_size, seed=args.seed, plain=args.plain,
+        data_setting=args.data_setting,
     )
     out = clustering.run(
         [ModelSpec.parse(m) for m in args.model], settings, data_source=args.data, output_dir=args.output_dir,
         overwrite=args.overwrite, chat_template=args.chat_template, dtype=args.dtype, device=args.device,
         progress=not args.no_progress, command=["ual", *argv],
+        selection=tuple(args.authors_selection) if args.authors_selection else None,
     )
     print((out / "summary.csv").read_text(), end="")
+    picked = json.loads((out / "results.json").read_text()).get("authors_selection")
+    if picked:
+        means = ", ".join(f"{label} {value:.3f}" for label, value in picked["mean"].items())
+        print(f"{picked['selection']}: {means}")
     print(f"clustering results in {out}")
     return 0
 

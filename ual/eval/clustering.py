@@ -1,10 +1,15 @@
-"""The paper's token-clustering analysis (PAPER.md §6): do a model's final hidden states group by the token
+"""The paper's token-clustering analysis (docs/paper.md): do a model's final hidden states group by the token
 they predict? Label smoothing is expected to tighten these clusters.
 
 For each model: run it over held-out text, take the input of ``lm_head`` at every position and label it
 with the next token; keep the K most frequent next tokens (special tokens excluded: they mark structure,
 not language); for every pair of them, project the pair's states to 2-D with PCA and compute the
-silhouette score. A model is summarised by the mean (the paper's number) and the distribution.
+silhouette score. A model is summarised by the mean over all pairs and the distribution; on request also by
+the UAL authors' selection of pairs (``authors_selection``), labelled as a selection.
+
+Data settings: ``alpacaeval`` (default) reads any ``ual.formats`` file, by default the AlpacaEval instructions
+with their reference answers; ``paper`` reads the prompts of a LIMA-format file alone (``conversations``: a list
+of strings, the first one the prompt), in the authors' LIMA prompt format, as their analysis did.
 """
 
 from __future__ import annotations
@@ -21,13 +26,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ual.eval import data, outputs, plots
+from ual.eval import data, outputs, plots, protocols
 from ual.errors import UsageError
 from ual.eval.generate import read_chat_template
 from ual.eval.models import ModelSpec, check_adapter_path, check_model_path, load_model, model_record
 from ual.formats import convert, detect_format
 
 PLAIN_ROLES = {"user": "User", "assistant": "Assistant", "system": "System"}
+DATA_SETTINGS = ("alpacaeval", "paper")
+AUTHORS_SELECTION_PAIRS = 100
 
 
 class _Captured(Exception):
@@ -43,8 +50,11 @@ class ClusteringSettings:
     batch_size: int = 8
     seed: int = 0
     plain: bool = False
+    data_setting: str = "alpacaeval"  # alpacaeval | paper
 
     def __post_init__(self):
+        if self.data_setting not in DATA_SETTINGS:
+            raise UsageError(f"--data-setting {self.data_setting!r}: choose one of {', '.join(DATA_SETTINGS)}")
         for name in ("num_tokens", "max_samples", "max_length", "max_per_token", "batch_size"):
             if getattr(self, name) < (2 if name in ("num_tokens", "max_per_token", "max_length") else 1):
                 raise UsageError(f"--{name.replace('_', '-')} is too small: {getattr(self, name)}")
@@ -79,6 +89,46 @@ def held_out_items(rows: list[dict], source: str) -> list[str | list[dict]]:
         else:
             items.append(list(out["prompt"]) + list(out["completion"]))
     return items
+
+
+def lima_prompt_items(rows: list[dict], source: str) -> list[str]:
+    """The ``paper`` setting: each row's prompt alone (the first string of ``conversations``), in the authors'
+    LIMA prompt format; a row's response, if it has one, is not read."""
+    items = []
+    for i, row in enumerate(rows):
+        turns_ = row.get("conversations")
+        if not isinstance(turns_, list) or not turns_ or not isinstance(turns_[0], str):
+            raise UsageError(f"held-out data {source!r}: row {i} (0-based) has no 'conversations' list of strings; "
+                             "--data-setting paper reads LIMA-format rows (GAIR/lima's test.jsonl)")
+        items.append(protocols.paper_lima_prompt(turns_[0]))
+    return items
+
+
+def authors_selection(analyses: list[dict], ls: str, ual: str, k: int = AUTHORS_SELECTION_PAIRS) -> dict:
+    """The UAL authors' pair selection (their ``pca_cherry.py``): over the token pairs every model has, pairs whose
+    mean silhouette across the models is negative get 1e-9 for the ratio, the ``k`` pairs with the largest
+    UAL/LS ratio are kept, and each model's mean over those pairs is reported. A selection favouring UAL over LS
+    by construction: not the mean over all pairs."""
+    labels = [a["spec"].label for a in analyses]
+    for name in (ls, ual):
+        if name not in labels:
+            raise UsageError(f"--authors-selection: no model labelled {name!r} (models: {', '.join(labels)})")
+    per_model = [{(a["text"][s.token_a], a["text"][s.token_b]): s.silhouette for s in a["scores"]} for a in analyses]
+    common = sorted(set.intersection(*(set(m) for m in per_model)))
+    values = np.array([[m[pair] for pair in common] for m in per_model], dtype=float)
+    keep = np.isfinite(values).all(axis=0)
+    common, values = [p for p, ok in zip(common, keep) if ok], values[:, keep]
+    if not common:
+        raise UsageError("--authors-selection: the models share no token pair with finite silhouettes")
+    raw = values.copy()
+    raw[:, raw.mean(axis=0) < 0] = 1e-9
+    ratio = raw[labels.index(ual)] / raw[labels.index(ls)]
+    chosen = np.argsort(ratio, kind="stable")[::-1][:k]
+    return {"selection": f"the UAL authors' selection: the {len(chosen)} pairs with the largest {ual}/{ls} "
+                         "silhouette ratio (pca_cherry.py), NOT the mean over all pairs",
+            "ls": ls, "ual": ual, "pairs_common": len(common), "pairs_selected": int(len(chosen)),
+            "mean": {label: float(values[i, chosen].mean()) for i, label in enumerate(labels)},
+            "mean_all_pairs": {label: float(values[i].mean()) for i, label in enumerate(labels)}}
 
 
 def render(items: list, tokenizer, chat_template: str | None, plain: bool, where: str) -> list[str]:
@@ -276,7 +326,7 @@ def _write_csvs(tmp: Path, analyses: list[dict]) -> None:
             w.writerow([f"{summ[k]:.6f}" if isinstance(summ.get(k), float) else summ.get(k, "") for k in keys])
 
 
-def run(specs: list[ModelSpec], settings: ClusteringSettings, *, data_source: str | None, output_dir: str, overwrite: bool = False, chat_template: str | None = None, dtype: str = "auto", device: str = "auto", progress: bool = True, command: list[str] | None = None) -> Path:
+def run(specs: list[ModelSpec], settings: ClusteringSettings, *, data_source: str | None, output_dir: str, overwrite: bool = False, chat_template: str | None = None, dtype: str = "auto", device: str = "auto", progress: bool = True, command: list[str] | None = None, selection: tuple[str, str] | None = None) -> Path:
     """Analyse every model; write summary/pairs/tokens CSVs, the box plot, the best pair's scatter,
     settings.json and results.json into ``output_dir`` at once."""
     if not specs:
@@ -288,13 +338,23 @@ def run(specs: list[ModelSpec], settings: ClusteringSettings, *, data_source: st
         check_model_path(spec.model)
         if spec.adapter:
             check_adapter_path(spec.adapter)
+    paper = settings.data_setting == "paper"
+    if paper and data_source is None:
+        raise UsageError("--data-setting paper needs --data: a LIMA-format file with the 300 test prompts (GAIR/lima's "
+                         "test.jsonl; see docs/eval.md)")
+    if paper and (chat_template is not None or settings.plain):
+        raise UsageError("--data-setting paper writes the authors' LIMA prompt format; drop --chat-template/--plain")
+    if selection is not None:
+        missing = [name for name in selection if name not in labels]
+        if missing:
+            raise UsageError(f"--authors-selection: no model labelled {missing[0]!r} (models: {', '.join(labels)})")
     template = read_chat_template(chat_template)
     out = outputs.check_output_dir(output_dir, overwrite)
     data_source = data_source or str(data.ALPACA_EVAL)
     rows = data.load_rows(data_source, split="test")[: settings.max_samples]
     if not rows:
         raise UsageError(f"held-out data {data_source!r} has no rows")
-    items = held_out_items(rows, data_source)
+    items = lima_prompt_items(rows, data_source) if paper else held_out_items(rows, data_source)
     started = outputs.now()
 
     analyses = [
@@ -303,6 +363,8 @@ def run(specs: list[ModelSpec], settings: ClusteringSettings, *, data_source: st
     ]
     pair = best_pair(analyses)
     results = {"task": "clustering", "name": "clustering", "best_pair": list(pair) if pair else None, "models": []}
+    if selection is not None:
+        results["authors_selection"] = authors_selection(analyses, *selection)
     for a in analyses:
         results["models"].append({
             **model_record(a["spec"]),
@@ -317,7 +379,10 @@ def run(specs: list[ModelSpec], settings: ClusteringSettings, *, data_source: st
         "command": command,
         "models": [model_record(s) for s in specs],
         "data": {**data.describe_source(data_source), "rows_used": len(rows)},
-        "render": "plain '### User: ... ### Assistant: ...'" if settings.plain else {"chat_template": chat_template or "model"},
+        "render": ("the authors' LIMA prompt, prompts only: " + repr(protocols.paper_lima_prompt("{prompt}"))
+                   if paper else "plain '### User: ... ### Assistant: ...'" if settings.plain
+                   else {"chat_template": chat_template or "model"}),
+        "first_text": items[0] if isinstance(items[0], str) else None,
         **asdict(settings),
         "pca": "sklearn PCA(n_components=2) fitted on each pair's states alone",
         "silhouette": "sklearn silhouette_score (euclidean) on the 2-D projection, labels = next token",

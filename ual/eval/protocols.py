@@ -7,6 +7,8 @@ final answer parsed and compared with math-verify. ``paper`` follows the authors
 - the prompt is plain text in their Vicuna-like format, with no chat template. It is tokenized with the
   tokenizer's own special tokens (their tokenizer adds BOS) and cut to its last 512 tokens;
 - decoding samples at temperature 0.8 with top-k 200: 256 new tokens for maths, 1,536 for AlpacaEval;
+- the clustering analysis reads the 300 LIMA test prompts alone (no responses) in their LIMA prompt format, up
+  to 1,024 tokens, and their plotting script keeps the 100 token pairs with the largest UAL/LS silhouette ratio;
 - a maths answer counts when the gold string occurs anywhere in the output ("18" matches "180"). The gold is
   the text after GSM8K's last ``####``, and the last word of a MetaMath response.
 """
@@ -24,6 +26,12 @@ PAPER_MATH_PREFIX = "Here are some questions and answers about math:\n\n"
 def paper_dialogue(instruction: str) -> str:
     """Their ``generate_prompt(instruction)`` (``sys=False``): the instruction as a '### User:' turn."""
     return "\n\n### User: " + instruction + "\n\n### Assistant: "
+
+
+def paper_lima_prompt(instruction: str) -> str:
+    """Their LIMA prompt (``scripts/prepare_lima.py``'s ``generate_prompt``: ONE leading newline, unlike the
+    maths one), used for the clustering analysis over the 300 LIMA test prompts."""
+    return "\n### User: " + instruction + "\n\n### Assistant: "
 
 
 def paper_math_prompt(question: str) -> str:
