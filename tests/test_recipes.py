@@ -130,3 +130,77 @@ def test_base_chain_and_loops(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ValueError, match="loops back"):
         load_recipe([tmp_path / "a.yaml"])
+
+
+AUTHORS_MIRROR = Path("/work/.mirror/ekonwang+UAL4Alignment/repo")
+
+
+@pytest.mark.parametrize("scenario, baseline, model", list(itertools.product(
+    SCENARIOS, BASELINES, [None, "variants/llama-2-7b.yaml"])))
+def test_authors_code_overlay_parses_and_sets_their_regime(scenario, baseline, model):
+    files = stack(scenario, baseline, None) + [str(RECIPES / "variants/authors_code.yaml")]
+    files += [str(RECIPES / model)] if model else []
+    args, model_args, data_args = parse_args([*files, "--use_cpu", "true"])
+    assert not args.assistant_only_loss and args.completion_only_loss is False
+    assert args.loss_normalization == "sample" and args.seed == 1337 and args.num_train_epochs == 10
+    assert (args.learning_rate, args.lr_scheduler_type.value, args.warmup_steps) == (4.6875e-5, "constant_with_warmup",
+                                                                                     0.9999)
+    assert args.weight_decay == 0.01 and args.chat_template_path.endswith("templates/authors.jinja")
+    processes = load_recipe(files).launcher["num_processes"]
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, processes) == (1, 64, 1)
+    assert model_args.lora_r == 8 and model_args.lora_alpha == 16 and model_args.lora_dropout == 0.1
+    assert model_args.lora_target_modules == ["q_proj", "v_proj"]
+    if model:
+        assert model_args.model_name_or_path == "meta-llama/Llama-2-7b-hf" and args.max_length == 1024
+    else:
+        assert model_args.model_name_or_path == "mistralai/Mistral-7B-v0.1" and args.max_length == 768
+
+
+@pytest.mark.parametrize("samples", [6000, 12000, 395])
+def test_authors_code_learning_rate_follows_their_never_ending_warmup(samples):
+    """Their finetune/ual.py: lr = 3e-4 * step_count / warmup_iters, warmup_iters = int(0.1 * max_iters) micro-steps,
+    step_count = optimizer steps, so it never leaves the warm-up. Ours must stay within one step's increment."""
+    import torch
+    from transformers import get_scheduler
+
+    args, _, _ = parse_args([str(RECIPES / "high_entropy.yaml"), str(RECIPES / "variants/authors_code.yaml"),
+                             "--use_cpu", "true"])
+    steps = samples * 10 // 64                       # optimizer steps of 10 epochs at effective batch 64
+    warmup_iters = int(0.1 * steps * 64)              # theirs, in micro-steps
+    theirs = [3e-4 * k / warmup_iters for k in range(1, steps + 1)]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    sched = get_scheduler(args.lr_scheduler_type, opt, num_warmup_steps=args.get_warmup_steps(steps),
+                          num_training_steps=steps)
+    ours = []
+    for _ in range(steps):
+        ours.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert theirs[-1] == pytest.approx(4.6875e-5, rel=1 / (6.4 * steps))  # int() drops < 1 of 6.4 N micro-steps
+    # ours: lr * (k-1)/N; theirs: 3e-4 * k/warmup_iters. Apart by one step's increment, plus the slope difference
+    # int() makes in warmup_iters (0.1 * N * 64 rounded down) accumulated over N steps.
+    step, slope_gap = 3e-4 / warmup_iters, abs(3e-4 / warmup_iters - args.learning_rate / steps)
+    assert max(abs(a - b) for a, b in zip(ours, theirs)) <= (step + steps * slope_gap) * (1 + 1e-9)
+
+
+def test_authors_template_renders_their_training_text(tokenizer):
+    template = (RECIPES / "templates" / "authors.jinja").read_text()
+    turns = [("What is 2+2?", "4"), ("And 3+3?", "6")]
+    messages = [m for u, a in turns for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})]
+    text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
+    if AUTHORS_MIRROR.exists():  # their own generate_prompt, where a snapshot of their repository is here
+        import ast
+        import subprocess
+
+        source = subprocess.run(["git", "-C", str(AUTHORS_MIRROR), "show", "HEAD:scripts/prepare_deita.py"],
+                                capture_output=True, text=True, check=True).stdout
+        node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "generate_prompt")
+        namespace = {}
+        exec(compile(ast.Module([node], []), "prepare_deita.py", "exec"), namespace)  # noqa: S102
+        generate_prompt = namespace["generate_prompt"]
+    else:
+        print(f"no snapshot of the authors' repository at {AUTHORS_MIRROR}: checking against the quoted format")
+
+        def generate_prompt(instruction):
+            return f"\n### User: {instruction}\n\n### Assistant: "
+    assert text == "".join(generate_prompt(u) + a + tokenizer.eos_token for u, a in turns)
