@@ -1,6 +1,6 @@
 """Self-estimated uncertainty (``--judge model-nll``): a causal LM's loss on each sample, relative to the dataset.
 
-The authors' variant (PAPER.md §1, last bullet) scales smoothing by a sample's perplexity against the
+The authors' variant (docs/paper.md, step 1) scales smoothing by a sample's perplexity against the
 mean: s_i = s_bar * (1 + beta * (ppl_i - mean ppl) / mean ppl). Here, on the 0-99 scale and with the
 per-token mean negative log-likelihood (the loss the model trains on) in place of perplexity:
 

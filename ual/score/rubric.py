@@ -21,7 +21,8 @@ RUBRICS = ("ual", "paper")
 PROMPT_VERSION = "ual-rubric-v1"
 PLACEHOLDER = "{sample}"
 
-# The paper's scale and bands (PAPER.md §1), in this project's words.
+# The scale and bands of the authors' prompt (docs/paper.md), paraphrased and condensed in this project's words;
+# `--rubric paper` sends theirs verbatim.
 DEFAULT_TEMPLATE = """\
 You are helping to prepare training data for a language model. Below is one training example: a \
 dialogue (every turn of it) or a plain text.
