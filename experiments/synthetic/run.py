@@ -35,6 +35,9 @@ METRICS = [
     ("named_valid_rate", "naming valid rate ↑"),
     ("named_invalid_mass", "naming invalid mass ↓"),
     ("named_distribution_ece", "naming distribution ECE ↓"),
+    ("named_kl_train_names", "naming KL on names seen in training ↓"),
+    ("named_valid_rate_t08_k200", "naming valid rate, T 0.8 top-k 200 ↑"),
+    ("named_coverage_t08_k200", "naming coverage, T 0.8 top-k 200 ↑"),
 ]
 
 
@@ -56,10 +59,13 @@ def prepare(out: Path, n_per_named_task: int) -> None:
     (out / "paths.yaml").write_text(yaml.safe_dump(paths))
 
 
-def train_and_evaluate(out: Path, arm: str, seed: int, epochs: float, heldout_names: list[str]) -> dict:
+def train_and_evaluate(out: Path, arm: str, seed: int, epochs: float, heldout_names: list[str],
+                       train_names: list[str]) -> dict:
     run_dir = out / "runs" / f"{arm.lower()}-seed{seed}"
     if (run_dir / "synthetic_metrics.json").exists():
-        return json.loads((run_dir / "synthetic_metrics.json").read_text())
+        cached = json.loads((run_dir / "synthetic_metrics.json").read_text())
+        if all(key in cached for key, _ in METRICS):
+            return cached
     cmd = [sys.executable, "-m", "ual.train", str(HERE / "ual.yaml"), *[str(REPO / p) for p in ARMS[arm]],
            str(out / "paths.yaml"), "--output_dir", str(run_dir), "--seed", str(seed), "--num_train_epochs", str(epochs),
            "--overwrite_output_dir", "true"]  # a run without metrics was cut short: train it again from scratch
@@ -75,7 +81,7 @@ def train_and_evaluate(out: Path, arm: str, seed: int, epochs: float, heldout_na
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    metrics = evaluate(model, tokenizer, heldout_names, seed=seed)
+    metrics = evaluate(model, tokenizer, heldout_names, seed=seed, train_names=train_names)
     state = json.loads((run_dir / "trainer_state.json").read_text())
     metrics["final_train_loss"] = [e["loss"] for e in state["log_history"] if "loss" in e][-1]
     (run_dir / "synthetic_metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -128,11 +134,11 @@ def main() -> None:
     args = parser.parse_args()
 
     prepare(args.out, args.per_task)
-    _, heldout_names = train_and_heldout_names()
+    train_names, heldout_names = train_and_heldout_names()
     results = {arm: [] for arm in ARMS}
     for seed in args.seeds:
         for arm in ARMS:
-            metrics = train_and_evaluate(args.out, arm, seed, args.epochs, heldout_names)
+            metrics = train_and_evaluate(args.out, arm, seed, args.epochs, heldout_names, train_names)
             results[arm].append(metrics)
             print(f"{arm:4s} seed {seed}: " + ", ".join(f"{k}={metrics[k]:.3f}" for k, _ in METRICS), flush=True)
     summary = summarise(results)
