@@ -8,7 +8,8 @@ What it changes, hook by hook (everything else is SFTTrainer's):
   eps is expanded per token and packed with ``input_ids``/``labels`` by ``trl.pack_dataset``.
 - ``_set_signature_columns_if_needed``: keeps ``smoothing`` in the dataloader.
 - ``compute_loss``: normalised like SFTTrainer's default NLL (``loss_normalization: token``) or per sample
-  (``sample``), plus the same metrics; ``_get_num_items_in_batch`` counts samples for ``sample``.
+  (``sample``), plus MoE's router auxiliary loss by SFTTrainer's rule and the same metrics;
+  ``_get_num_items_in_batch`` counts samples for ``sample``.
 - ``train``: refuses an ``output_dir`` that holds a run and resumes only from a complete checkpoint (``run_folder``).
 - ``save_model``: writes the smoothing settings and statistics next to every saved model, readable by the group.
 """
@@ -63,6 +64,16 @@ class SmoothedLMOutput(ModelOutput):
     label_mask: torch.Tensor | None = None
     sample_weight: torch.Tensor | None = None  # 1/n_i: each sample's trained tokens sum to 1
     num_samples: int | None = None  # samples with at least one trained token
+    aux_loss: torch.Tensor | None = None  # MoE load-balancing loss, when called with output_router_logits=True
+
+
+def router_aux_loss(model, text_config, router_logits, attention_mask) -> torch.Tensor:
+    """The MoE load-balancing loss as TRL 1.16's fused head computes it: Mixtral's ``load_balancing_loss_func``,
+    which every MoE family in transformers shares, over the backbone's router logits (no mask when padding-free)."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    num_experts = getattr(text_config, "num_experts", None) or getattr(model, "num_experts")
+    return load_balancing_loss_func(router_logits, num_experts, text_config.num_experts_per_tok, attention_mask)
 
 
 def resolve_loss_compile(requested: bool | None, device: torch.device) -> bool:
@@ -95,7 +106,8 @@ def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compile
         if ual_smoothing is None:
             return previous_forward(*args, labels=labels, **kwargs)
         kwargs["use_cache"] = False
-        hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        backbone = self.base_model(*args, **kwargs)
+        hidden = backbone.last_hidden_state[:, :-1]
         labels, eps = labels[:, 1:], ual_smoothing[:, 1:]
         lm_head = self.get_output_embeddings()
         weight, bias = lm_head.weight, lm_head.bias
@@ -110,9 +122,12 @@ def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compile
                 hidden[mask], weight, labels[mask], eps[mask], convention=convention, bias=bias, chunk_size=chunk_size,
                 compiled=compiled, token_weight=sample_weight if ual_per_sample else None,
             )
+        aux = None
+        if kwargs.get("output_router_logits"):
+            aux = router_aux_loss(self, text_config, backbone.router_logits, kwargs.get("attention_mask"))
         return SmoothedLMOutput(
             per_token_loss=out.loss, entropy=out.entropy, is_top1=out.is_top1, smoothing=eps[mask], label_mask=mask,
-            sample_weight=sample_weight, num_samples=num_samples,
+            sample_weight=sample_weight, num_samples=num_samples, aux_loss=aux,
         )
 
     model.forward = types.MethodType(forward, model)
@@ -177,8 +192,6 @@ class UALTrainer(SFTTrainer):
 
         if self._is_vision_dataset:
             raise UsageError("UALTrainer does not support vision datasets yet")
-        if self.aux_loss_enabled:
-            raise UsageError("UALTrainer does not add the MoE router auxiliary loss yet; set router_aux_loss_coef=0")
         self.data_collator = SmoothingCollator(
             pad_token_id=self._tokenizer.pad_token_id,
             padding_free=self.padding_free,
@@ -312,6 +325,8 @@ class UALTrainer(SFTTrainer):
         if smoothing is None:
             raise KeyError(f"the batch has no {TOKEN_SMOOTHING!r} tensor: UALTrainer's collator was replaced")
         inputs["use_cache"] = False
+        if self.aux_loss_enabled:  # MoE: the router logits, for the load-balancing loss (as SFTTrainer)
+            inputs["output_router_logits"] = True
         per_sample = self.args.loss_normalization == "sample"
         outputs = model(**inputs, ual_smoothing=smoothing, ual_sample_ids=sample_ids(inputs), ual_per_sample=per_sample)
         # 'token': SFTTrainer's normalisation (eps = 0 gives its loss and gradients): the sum over trained tokens over
@@ -322,6 +337,12 @@ class UALTrainer(SFTTrainer):
         loss = outputs.per_token_loss.sum() / torch.as_tensor(count).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        if self.aux_loss_enabled:
+            # SFTTrainer's rule: a per-micro-batch mean that DDP averages across ranks; with num_items_in_batch the
+            # Trainer leaves gradient accumulation to the loss, so it is averaged over the accumulation steps
+            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss / steps
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss.detach()).mean().item())
 
         gather = self.accelerator.gather_for_metrics
         device = outputs.label_mask.device
