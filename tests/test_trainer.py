@@ -365,3 +365,46 @@ def test_both_applied_means_are_saved_as_numbers(tmp_path, tiny_model_path, toke
     assert applied["sample_mean"] == pytest.approx(sum(eps) / len(eps), rel=1e-6)
     assert applied["token_mean"] == pytest.approx(sum(e * k for e, k in zip(eps, n)) / sum(n), rel=1e-6)
     assert applied["samples"] == 6 and applied["tokens"] == sum(n)
+
+
+def test_training_arguments_become_a_ual_config_as_sft_trainer_converts_them(tmp_path, tiny_model_path):
+    from transformers import TrainingArguments
+
+    from ual.config import UALConfig
+
+    plain = TrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True, learning_rate=1.234e-4, max_steps=2,
+                              per_device_train_batch_size=2, report_to="none", save_strategy="no")
+    trainer = UALTrainer(model=tiny_model_path, args=plain, train_dataset=trl_dataset(raw_rows(4)))
+    sft = SFTTrainer(model=tiny_model_path, args=plain, train_dataset=trl_dataset(raw_rows(4), columns=()))
+    assert isinstance(trainer.args, UALConfig) and type(sft.args).__name__ == "SFTConfig"
+    assert trainer.args.learning_rate == sft.args.learning_rate == 1.234e-4 and trainer.args.max_steps == 2
+    assert trainer.args.smoothing_strategy == UALConfig.__dataclass_fields__["smoothing_strategy"].default
+    trainer.train()
+
+
+def test_a_missing_dataset_raises_what_sft_trainer_raises(tmp_path, tiny_model_path):
+    with pytest.raises(ValueError) as sft_error:
+        SFTTrainer(model=tiny_model_path, args=SFTConfig(output_dir=str(tmp_path / "s"), use_cpu=True))
+    with pytest.raises(ValueError) as ual_error:
+        UALTrainer(model=tiny_model_path, args=cpu_config(tmp_path))
+    assert str(ual_error.value) == str(sft_error.value)
+
+
+@pytest.mark.parametrize("strategy, eps", [("none", 0.0), ("constant", 0.1)])
+def test_skip_prepare_dataset_needs_no_token_column_when_every_sample_has_the_same_eps(tmp_path, tiny_model_path,
+                                                                                     tokenizer, strategy, eps):
+    rows = []
+    for r in raw_rows(4):
+        ids = tokenizer(r["instruction"] + " " + r["output"])["input_ids"][:40]
+        rows.append({"input_ids": ids, "labels": ids})
+    args = cpu_config(tmp_path, smoothing_strategy=strategy, smoothing_mean=0.1, max_steps=1,
+                      dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False)
+    trainer = UALTrainer(model=tiny_model_path, args=args, train_dataset=Dataset.from_list(rows))
+    batch = next(iter(trainer.get_train_dataloader()))
+    trained = batch["labels"] != -100
+    assert torch.allclose(batch[TOKEN_SMOOTHING][trained].double(), torch.tensor(eps, dtype=torch.float64))
+    trainer.train()
+    with pytest.raises(ValueError, match="needs a per-token"):
+        UALTrainer(model=tiny_model_path, args=cpu_config(tmp_path / "u", dataset_kwargs={"skip_prepare_dataset": True},
+                                                          smoothing_strategy="uncertainty"),
+                   train_dataset=Dataset.from_list(rows))

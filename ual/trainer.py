@@ -133,6 +133,32 @@ def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compile
     model.forward = types.MethodType(forward, model)
 
 
+def _as_ual_config(args):
+    """A ``TrainingArguments`` (or ``SFTConfig``) becomes a ``UALConfig`` with the same values and the smoothing
+    defaults, as SFTTrainer turns a ``TrainingArguments`` into an ``SFTConfig``."""
+    from transformers import TrainingArguments
+
+    if not isinstance(args, TrainingArguments):
+        raise TypeError(f"UALTrainer needs a UALConfig (or TrainingArguments), got {type(args).__name__}")
+    values = args.to_dict()
+    values["hub_token"] = args.hub_token  # to_dict hides the token
+    known = UALConfig.__dataclass_fields__
+    logger.info("UALTrainer: %s converted to UALConfig (smoothing settings at their defaults: strategy %r, mean %s)",
+                type(args).__name__, known["smoothing_strategy"].default, known["smoothing_mean"].default)
+    return UALConfig(**{k: v for k, v in values.items() if k in known and known[k].init})
+
+
+def _uniform_token_smoothing(dataset, args: UALConfig):
+    """``skip_prepare_dataset`` without a per-token column: strategies that give every sample the same eps
+    (``none``, ``constant``) need no scores, so the column is that eps at every position; others need the column."""
+    if args.smoothing_strategy not in ("none", "constant"):
+        raise UsageError(f"skip_prepare_dataset=True with smoothing_strategy {args.smoothing_strategy!r} needs a "
+                         f"per-token {TOKEN_SMOOTHING!r} column next to input_ids/labels (only 'none' and 'constant' "
+                         "can fill it in)")
+    eps = 0.0 if args.smoothing_strategy == "none" else float(args.smoothing_mean)
+    return dataset.map(lambda row: {TOKEN_SMOOTHING: [eps] * len(row["input_ids"])}, desc="Uniform smoothing")
+
+
 def _same(a, b) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
@@ -152,8 +178,8 @@ class UALTrainer(SFTTrainer):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = UALConfig(f"{str(name).rstrip('/').split('/')[-1]}-UAL")
-        if not isinstance(args, UALConfig):
-            raise TypeError(f"UALTrainer needs a UALConfig, got {type(args).__name__}")
+        elif not isinstance(args, UALConfig):
+            args = _as_ual_config(args)
         if data_collator is not None:
             raise UsageError("UALTrainer builds its own collator (it must carry the smoothing column); drop data_collator")
         if args.label_smoothing_factor:
@@ -164,6 +190,8 @@ class UALTrainer(SFTTrainer):
         if args.loss_type != "nll":
             raise UsageError(f"UALTrainer smooths the NLL loss; loss_type={args.loss_type!r} is not supported")
         loss_compile = resolve_loss_compile(args.loss_compile, args.device)  # before the model loads
+        if train_dataset is None:
+            raise UsageError("`train_dataset` is required")  # SFTTrainer's message and type (ValueError)
         if not isinstance(train_dataset, Dataset):
             raise TypeError(
                 "UALTrainer needs a map-style datasets.Dataset: the smoothing mapping is fitted over the whole "
@@ -172,9 +200,7 @@ class UALTrainer(SFTTrainer):
         skip = bool((args.dataset_kwargs or {}).get("skip_prepare_dataset"))
         if skip:
             if TOKEN_SMOOTHING not in train_dataset.column_names:
-                raise UsageError(
-                    f"skip_prepare_dataset=True needs a per-token {TOKEN_SMOOTHING!r} column next to input_ids/labels"
-                )
+                train_dataset = _uniform_token_smoothing(train_dataset, args)
             self.smoothing_map, self.smoothing_report = None, None
         else:
             train_dataset, self.smoothing_map, self.smoothing_report = attach_smoothing(
