@@ -10,6 +10,7 @@ from conftest import REPO
 from ual.launch import build_command, known_configs
 from ual.launch import main as launch_main
 from ual.recipe import load_recipe
+from ual.errors import UsageError
 from ual.train import parse_args
 
 RECIPES = REPO / "recipes"
@@ -90,12 +91,50 @@ def test_dry_run_prints_the_launch_command_for_each_config(tmp_path, name, capsy
     monkeypatch.chdir(REPO)
     overlay = tmp_path / "launch.yaml"
     overlay.write_text(f"accelerate_config: {name}\nnum_processes: 2\n")
-    assert launch_main(["recipes/tiny.yaml", str(overlay), "--max_steps", "3", "--dry-run"]) == 0
-    printed = capsys.readouterr().out.strip()
-    assert printed == (
+    out = tmp_path / "out"
+    assert launch_main(["recipes/tiny.yaml", str(overlay), "--max_steps", "3", "--output_dir", str(out),
+                        "--dry-run"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[0] == (
         f"accelerate launch --config_file accelerate_configs/{name}.yaml --num_processes 2 "
-        f"-m ual.train recipes/tiny.yaml {overlay} --max_steps 3"
+        f"-m ual.train recipes/tiny.yaml {overlay} --max_steps 3 --output_dir {out}"
     )
+    assert printed[-1].startswith("dry run: recipe keys, model, output folder and data paths checked")
+    assert not out.exists(), "a dry run creates nothing"
+
+
+def test_launch_flags_go_to_accelerate_not_to_the_ranks(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cmd, _, processes = build_command(["recipes/tiny.yaml", "--num_processes", "2", "--learning_rate", "1e-4",
+                                       "--main_process_port=29611", "--accelerate_config", "cpu_ddp"])
+    launch, ranks = cmd[:cmd.index("-m")], cmd[cmd.index("-m"):]
+    assert processes == 2 and launch[launch.index("--num_processes") + 1] == "2"
+    assert launch[launch.index("--main_process_port") + 1] == "29611"
+    assert launch[launch.index("--config_file") + 1] == "accelerate_configs/cpu_ddp.yaml"
+    assert ranks == ["-m", "ual.train", "recipes/tiny.yaml", "--learning_rate", "1e-4"]
+    args, _, _ = parse_args(ranks[2:])  # what every rank parses: no launcher flag left for TRL's parser to refuse
+    assert args.learning_rate == 1e-4
+    with pytest.raises(UsageError, match="--num_processes needs a value"):
+        build_command(["recipes/tiny.yaml", "--num_processes"])
+
+
+@pytest.mark.parametrize("name", ["zero1", "zero2", "zero3", "fsdp1", "fsdp2", "multi_gpu", "single_gpu"])
+def test_trl_short_config_names_resolve_as_trl_sft_resolves_them(name, monkeypatch):
+    from ual.launch import resolve_config, trl_configs
+
+    monkeypatch.chdir(REPO)
+    path = resolve_config(name)
+    ours = REPO / "accelerate_configs" / f"{name}.yaml"
+    assert path == (ours if ours.exists() else trl_configs()[name]) and path.is_file()
+
+
+def test_dry_run_checks_the_data_paths(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    overlay = tmp_path / "data.yaml"
+    overlay.write_text("datasets:\n  - path: data/nowhere.jsonl\n    format: gsm8k\n")
+    assert launch_main(["recipes/tiny.yaml", str(overlay), "--output_dir", str(tmp_path / "o"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "datasets[0] (data/nowhere.jsonl): dataset path 'data/nowhere.jsonl' does not exist" in err[0]
 
 
 def test_recipe_launch_keys_drive_the_command(monkeypatch):

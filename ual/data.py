@@ -80,7 +80,23 @@ class UALMixtureConfig:
             self.datasets[i] = UALDatasetConfig(**entry)
 
 
+def check_data_paths(entries: list[UALDatasetConfig]) -> None:
+    """Every local dataset path exists (what can be checked without reading the data)."""
+    if not entries:
+        raise UsageError("the recipe has no `datasets:` entries to train on")
+    for i, entry in enumerate(entries):
+        _check_path(entry, f"datasets[{i}] ({entry.path})")
+
+
+def _check_path(entry: UALDatasetConfig, where: str) -> None:
+    path = os.path.expanduser(entry.path)
+    if not os.path.exists(path) and looks_local(entry.path):
+        raise UsageError(f"{where}: dataset path {entry.path!r} does not exist"
+                         + ("" if os.path.isabs(path) else f" (relative paths are looked up from {os.getcwd()})"))
+
+
 def _load_one(entry: UALDatasetConfig, where: str) -> Dataset:
+    _check_path(entry, where)
     path = os.path.expanduser(entry.path)
     if os.path.isfile(path):
         ext = os.path.splitext(path)[1].lower()
@@ -94,9 +110,6 @@ def _load_one(entry: UALDatasetConfig, where: str) -> Dataset:
             if ext in (".json", ".jsonl") and not read_json(path, where):  # a bad line raises, naming it
                 raise UsageError(f"{where}: the file has no rows") from None
             raise UsageError(f"{where}: cannot read it as {ext[1:]}: {exc.__cause__ or exc}") from None
-    elif looks_local(entry.path) and not os.path.isdir(path):
-        raise UsageError(f"{where}: dataset path {entry.path!r} does not exist"
-                         + ("" if os.path.isabs(path) else f" (relative paths are looked up from {os.getcwd()})"))
     else:
         ds = load_dataset(path, name=entry.name, data_dir=entry.data_dir, data_files=entry.data_files, split=entry.split)
     if len(ds) == 0:

@@ -1,8 +1,10 @@
 """``ual train RECIPE.yaml [OVERLAY.yaml ...] [--key value ...] [--dry-run]``: build and run ``accelerate launch``.
 
 Like ``trl sft``, the recipe may name its launch setup: ``accelerate_config`` (a file name from
-accelerate_configs/, or a path) and ``num_processes``. The exact command is printed, then run;
-``--dry-run`` only prints it. Before launching, the recipe, the data and the output folder are checked
+accelerate_configs/, one of TRL's short names such as ``zero3`` or ``fsdp2``, or a path) and ``num_processes``.
+The same keys given as flags (``--num_processes 2``), and accelerate's multi-node flags (``--num_machines``,
+``--machine_rank``, ``--main_process_ip``, ``--main_process_port``), go to ``accelerate launch``, never to the ranks.
+The exact command is printed, then run; ``--dry-run`` only prints it. Before launching, the recipe, the data and the output folder are checked
 here once; stopping ``ual train`` (Ctrl-C, SIGTERM) stops every rank it launched (``ual.processes``).
 """
 
@@ -22,6 +24,38 @@ from .recipe import load_recipe, split_argv
 
 # accelerate_configs/ of a source checkout (editable install); a config path works from anywhere.
 CONFIG_DIRS = (Path(__file__).resolve().parent.parent / "accelerate_configs", Path.cwd() / "accelerate_configs")
+# Flags of `ual train` that belong to `accelerate launch` (recipe keys first, then accelerate's multi-node flags).
+LAUNCH_FLAGS = ("accelerate_config", "num_processes", "num_machines", "machine_rank", "main_process_ip",
+                "main_process_port")
+
+
+def trl_configs() -> dict[str, Path]:
+    """TRL's own accelerate configs by their short names (``zero1`` ... ``fsdp2``), as ``trl sft`` resolves them."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("trl")
+    folder = Path(spec.origin).parent / "accelerate_configs" if spec and spec.origin else None
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder and folder.is_dir() else {}
+
+
+def split_launch_flags(flags: list[str]) -> tuple[dict, list[str]]:
+    """(``accelerate launch`` settings given as flags, the flags left for the ranks). ``--key value`` and
+    ``--key=value`` both work; a launch flag without a value is one clear error."""
+    launch, rest, i = {}, [], 0
+    while i < len(flags):
+        name, _, inline = flags[i].partition("=")
+        key = name[2:] if name.startswith("--") else None
+        if key not in LAUNCH_FLAGS:
+            rest.append(flags[i])
+            i += 1
+            continue
+        if inline:
+            launch[key], i = inline, i + 1
+        elif i + 1 < len(flags) and not flags[i + 1].startswith("--"):
+            launch[key], i = flags[i + 1], i + 2
+        else:
+            raise UsageError(f"{name} needs a value")
+    return launch, rest
 
 
 def known_configs() -> list[str]:
@@ -43,7 +77,11 @@ def resolve_config(name: str) -> Path:
         candidate = folder / f"{name}.yaml"
         if candidate.is_file():
             return candidate
-    raise UsageError(f"accelerate_config: unknown name {name!r}; known: {', '.join(known_configs())}")
+    trl = trl_configs()
+    if name in trl:  # TRL's short names, as `trl sft --accelerate_config zero3` resolves them
+        return trl[name]
+    raise UsageError(f"accelerate_config: unknown name {name!r}; this repository's: {', '.join(known_configs())}; "
+                     f"TRL's: {', '.join(trl) or 'none found'}; or a path to a config file")
 
 
 def check_devices(config: dict, num_processes: int) -> None:
@@ -65,7 +103,8 @@ def build_command(argv: list[str]) -> tuple[list[str], dict | None, int | None]:
     recipes, flags = split_argv(argv)
     if not recipes:
         raise SystemExit("usage: ual train RECIPE.yaml [OVERLAY.yaml ...] [--key value ...] [--dry-run]")
-    launcher = load_recipe(recipes).launcher
+    given, flags = split_launch_flags(flags)
+    launcher = {**load_recipe(recipes).launcher, **given}  # a flag wins over the recipe, like any other key
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     cmd = [accelerate, "launch"] if accelerate else [sys.executable, "-m", "accelerate.commands.launch"]
     config = None
@@ -76,9 +115,18 @@ def build_command(argv: list[str]) -> tuple[list[str], dict | None, int | None]:
         cmd += ["--config_file", shown]
     num_processes = launcher.get("num_processes")
     if num_processes is not None:
-        cmd += ["--num_processes", str(int(num_processes))]
+        try:
+            num_processes = int(num_processes)
+        except ValueError:
+            raise UsageError(f"num_processes: {num_processes!r} is not a whole number") from None
+        cmd += ["--num_processes", str(num_processes)]
     elif config is not None:
         num_processes = config.get("num_processes")
+    for key in LAUNCH_FLAGS[2:]:
+        if key in launcher:
+            cmd += [f"--{key}", str(launcher[key])]
+            if config is not None and key == "num_machines":
+                config = {**config, "num_machines": int(launcher[key])}
     return [*cmd, "-m", "ual.train", *recipes, *flags], config, num_processes
 
 
@@ -91,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if not dry_run:
             if config is not None and num_processes is not None:
                 check_devices(config, int(num_processes))
-            check_before_launch(argv)
+            check_before_launch([a for a in cmd[cmd.index("ual.train") + 1:]])
     except UsageError as err:
         if debug_requested():
             raise
@@ -99,8 +147,30 @@ def main(argv: list[str] | None = None) -> int:
     printable = shlex.join(["accelerate", "launch", *cmd[2:]] if cmd[1] == "launch" else cmd)
     print(printable, flush=True)
     if dry_run:
-        return 0
+        return dry_run_checks(cmd[cmd.index("ual.train") + 1:])
     return run_launcher(cmd)
+
+
+def dry_run_checks(argv: list[str]) -> int:
+    """What ``--dry-run`` checks besides building the command, reading only: the recipe's keys and values, the
+    model (local folder, cache or hub), the output folder and every local data path. No data or model is loaded."""
+    from .data import check_data_paths
+    from .train import preflight
+
+    import torch
+
+    if not torch.cuda.is_available():  # a login node: check the recipe as if on a CPU (bf16 would refuse to parse)
+        print("dry run: no GPU here, so the recipe is checked with --use_cpu true", flush=True)
+        argv = [*argv, "--use_cpu", "true"]
+    try:
+        run = preflight(argv)
+        check_data_paths(run.data_args.datasets)
+    except UsageError as err:
+        if debug_requested():
+            raise
+        return report("ual train", err)
+    print("dry run: recipe keys, model, output folder and data paths checked; nothing was launched", flush=True)
+    return 0
 
 
 def check_before_launch(argv: list[str]) -> None:
