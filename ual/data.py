@@ -49,6 +49,8 @@ class UALDatasetConfig:
         },
     )
     source: str | None = field(default=None, metadata={"help": "Name in logs and statistics (default: path)."})
+    columns: list[str] | None = field(
+        default=None, metadata={"help": "Keep only these columns of the dataset (TRL's `columns`); include the score."})
 
 
 @dataclass
@@ -73,6 +75,11 @@ class UALMixtureConfig:
                 raise UsageError(f"datasets[{i}]: expected a mapping with a 'path' key, got {entry!r:.80} (write "
                                  f"'- path: {entry}' rather than '- {entry}')")
             unknown = sorted(set(entry) - known)
+            foreign = {"weight": "the alignment-handbook's `weight` keeps that share of this dataset's own rows; "
+                                 "here `fraction` is its share of the whole mixture (set it on every entry)",
+                       "id": "write the dataset as `path:` (a hub id or a local path)"}
+            if unknown and unknown[0] in foreign:
+                raise UsageError(f"datasets[{i}]: unknown key {unknown[0]!r}: {foreign[unknown[0]]}")
             if unknown:
                 raise UsageError(f"datasets[{i}]: unknown key(s) {unknown}; known keys are {sorted(known)}")
             if "path" not in entry:
@@ -114,6 +121,11 @@ def _load_one(entry: UALDatasetConfig, where: str) -> Dataset:
         ds = load_dataset(path, name=entry.name, data_dir=entry.data_dir, data_files=entry.data_files, split=entry.split)
     if len(ds) == 0:
         raise UsageError(f"{where}: the dataset has no rows")
+    if entry.columns is not None:
+        missing = [c for c in entry.columns if c not in ds.column_names]
+        if missing:
+            raise UsageError(f"{where}: columns: {missing[0]!r} is not a column of the dataset ({ds.column_names})")
+        ds = ds.select_columns(list(entry.columns))
     return ds
 
 

@@ -20,7 +20,7 @@ import yaml
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from .config import UALConfig
-from .data import UALMixtureConfig, load_mixture
+from .data import UALDatasetConfig, UALMixtureConfig, load_mixture
 from .errors import UsageError, debug_requested, report
 from .files import looks_local
 from .processes import stop_with_parent
@@ -33,12 +33,47 @@ logger = logging.getLogger("ual")
 
 @dataclass
 class UALDataArguments(UALMixtureConfig):
-    """The recipe's ``datasets:`` plus how much of it to hold out for evaluation."""
+    """The recipe's ``datasets:`` (or TRL's ``dataset_name`` keys, for one dataset) and the eval set: a held-out
+    share of the mixture, an ``eval_datasets:`` mixture, or TRL's ``dataset_test_split`` of ``dataset_name``."""
 
     test_split_size: float | None = field(
         default=None,
         metadata={"help": "Fraction (or row count) of the mixture held out as eval set; the mapping is fitted on the rest."},
     )
+    eval_datasets: list[UALDatasetConfig] = field(
+        default_factory=list,
+        metadata={"help": "Eval set, written like `datasets:` (each row needs its score too; the mapping fitted on "
+                          "the training set is applied to it)."},
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "TRL's key: one training dataset (hub id or local path), instead of `datasets:`."})
+    dataset_config: str | None = field(default=None, metadata={"help": "TRL's key: the configuration of dataset_name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "TRL's key: the training split of dataset_name."})
+    dataset_test_split: str | None = field(
+        default=None, metadata={"help": "TRL's key: a split of dataset_name used as the eval set."})
+    dataset_streaming: bool = field(
+        default=False, metadata={"help": "TRL's key; not supported yet (the mapping is fitted over the whole set)."})
+
+    def __post_init__(self):
+        if self.dataset_streaming:
+            raise UsageError("dataset_streaming: true is not supported yet: UALTrainer fits the smoothing mapping over "
+                             "the whole training set before training; load the dataset without streaming")
+        if self.dataset_name is not None:
+            if self.datasets:
+                raise UsageError("the recipe sets both `datasets:` and TRL's `dataset_name`; keep one")
+            self.datasets = [{"path": self.dataset_name, "name": self.dataset_config,
+                              "split": self.dataset_train_split}]
+            if self.dataset_test_split is not None:
+                self.eval_datasets = [*self.eval_datasets, {"path": self.dataset_name, "name": self.dataset_config,
+                                                            "split": self.dataset_test_split}]
+        elif self.dataset_test_split is not None:
+            raise UsageError("dataset_test_split names a split of dataset_name, which the recipe does not set; "
+                             "write the eval set as `eval_datasets:`")
+        super().__post_init__()
+        self.eval_datasets = UALMixtureConfig(datasets=self.eval_datasets).datasets
+        if self.eval_datasets and self.test_split_size is not None:
+            raise UsageError("the recipe sets both an eval set (eval_datasets / dataset_test_split) and "
+                             "test_split_size; keep one")
 
 
 class RecipeParser(TrlParser):
@@ -52,10 +87,22 @@ def make_parser() -> TrlParser:
     return RecipeParser((UALConfig, ModelConfig, UALDataArguments), prog="python -m ual.train")
 
 
+# Keys of other tools that mean something else here, with what to write instead.
+FOREIGN_KEYS = {
+    "torch_dtype": "use 'dtype' (transformers 5 and TRL's ModelConfig renamed torch_dtype; same values)",
+    "dataset_mixture": "the alignment-handbook's dataset_mixture is written here as `datasets:`, a list of "
+                       "{path, name, split, format, columns, fraction}; note that its `weight` keeps that share of "
+                       "each dataset's own rows, while `fraction` is a dataset's share of the mixture",
+}
+
+
 def check_recipe_keys(recipe: Recipe, parser: TrlParser) -> None:
-    """An unknown key names the file it is in and the nearest known keys (TRL's own error names neither)."""
+    """An unknown key names the file it is in and the nearest known keys (TRL's own error names neither); a key
+    of another tool says what it is called here and how its meaning differs."""
     known = {action.dest for action in parser._actions} | {"env"}
     for key in recipe.config:
+        if key in FOREIGN_KEYS and key not in known:
+            raise UsageError(f"{recipe.origins.get(key, 'the recipe')}: unknown key {key!r}: {FOREIGN_KEYS[key]}")
         if key not in known:
             near = difflib.get_close_matches(key, known, n=2)
             where = recipe.origins.get(key, "the recipe")
@@ -200,6 +247,8 @@ def load_data(run: Run):
     """The checked training mixture and the held-out eval set (or None); every bad row fails here."""
     dataset = load_mixture(run.data_args.datasets, run.training_args)
     eval_dataset = None
+    if run.data_args.eval_datasets:
+        eval_dataset = load_mixture(run.data_args.eval_datasets, run.training_args)
     if run.data_args.test_split_size is not None:
         split = dataset.train_test_split(test_size=run.data_args.test_split_size, seed=run.training_args.seed)
         dataset, eval_dataset = split["train"], split["test"]

@@ -1,0 +1,61 @@
+"""The recipe keys TRL users bring: ``dataset_name`` and its splits, ``columns:``, an eval set beside the training
+mixture; and keys of other tools (``torch_dtype``, the alignment-handbook's ``dataset_mixture`` and ``weight``)
+answered with what they are called here and how the meaning differs, before anything loads."""
+
+import pytest
+import yaml
+
+from conftest import write_jsonl
+from test_bad_input import fails_cleanly, gsm, recipe
+from ual.train import load_data, main, preflight
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"torch_dtype": "bfloat16"}, "unknown key 'torch_dtype': use 'dtype'"),
+    ({"dataset_mixture": {"datasets": [{"id": "x", "weight": 0.5}]}}, "is written here as `datasets:`"),
+    ({"dataset_streaming": True}, "dataset_streaming: true is not supported yet"),
+    ({"test_split_size": 0.2, "eval_datasets": [{"path": "x.jsonl"}]}, "keep one"),
+    ({"dataset_test_split": "test"}, "names a split of dataset_name"),
+])
+def test_keys_of_other_tools_say_what_they_mean_here(tmp_path, capsys, extra, message):
+    data = write_jsonl(tmp_path / "g.jsonl", gsm())
+    line = fails_cleanly(tmp_path, capsys, [recipe(tmp_path, [{"path": str(data)}], **extra)])
+    assert message in line
+
+
+def test_handbook_weight_is_explained_against_fraction(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "g.jsonl", gsm())
+    line = fails_cleanly(tmp_path, capsys, [recipe(tmp_path, [{"path": str(data), "weight": 0.5}])])
+    assert "datasets[0]: unknown key 'weight'" in line and "`fraction` is its share of the whole mixture" in line
+
+
+def test_dataset_name_with_train_and_test_splits_trains_and_evaluates(tmp_path, tiny_model_path):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", gsm(12))
+    write_jsonl(folder / "test.jsonl", gsm(4))
+    body = {"model_name_or_path": tiny_model_path, "output_dir": str(tmp_path / "out"), "use_cpu": True,
+            "bf16": False, "report_to": "none", "dataset_name": str(folder), "dataset_test_split": "test",
+            "max_steps": 2, "eval_strategy": "steps", "eval_steps": 2, "per_device_eval_batch_size": 2,
+            "smoothing_strategy": "uncertainty", "save_strategy": "no"}
+    path = tmp_path / "trl.yaml"
+    path.write_text(yaml.safe_dump(body))
+    run = preflight([str(path)])
+    train, evaluation = load_data(run)
+    assert (len(train), len(evaluation)) == (12, 4)
+    trainer = main([str(path)])
+    assert any("eval_loss" in h for h in trainer.state.log_history)
+
+
+def test_columns_keep_only_what_is_named(tmp_path, capsys):
+    rows = [{**r, "noise": {"nested": [1, 2]}} for r in gsm()]
+    data = write_jsonl(tmp_path / "g.jsonl", rows)
+    path = recipe(tmp_path, [{"path": str(data), "format": "gsm8k",
+                              "columns": ["question", "answer", "uncertainty"]}])
+    train, _ = load_data(preflight([str(path)]))
+    assert "noise" not in train.column_names and len(train) == 12
+    bad = recipe(tmp_path, [{"path": str(data), "columns": ["question", "solution"]}])
+    line = fails_cleanly(tmp_path, capsys, [bad])
+    assert "columns: 'solution' is not a column of the dataset" in line
