@@ -49,8 +49,18 @@ from .loss import sample_ids, sample_token_weights, smoothed_cross_entropy
 from .run_folder import SETTINGS_FILE
 
 logger = logging.getLogger("ual")
-# Config attributes that rescale or cap the logits; the smoothed head does not reproduce them (yet).
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+def logit_scale_of(text_config) -> float:
+    """The factor a model applies to its logits, read from its config the way TRL 1.16's fused head reads it:
+    Cohere's ``logit_scale``, Muse Glimmer's ``output_multiplier``, Falcon-H1's ``lm_head_multiplier``, and
+    ``logits_scaling``, a divisor for Granite and MiniCPM3 but a factor for HyperCLOVA X. None means unscaled."""
+    for name in ("logit_scale", "output_multiplier", "lm_head_multiplier"):
+        value = getattr(text_config, name, None)
+        if value is not None:
+            return float(value)
+    scaling = getattr(text_config, "logits_scaling", None)
+    if scaling is not None:
+        return float(scaling) if text_config.model_type == "hyperclovax" else 1.0 / float(scaling)
+    return 1.0
 
 
 @dataclass
@@ -92,13 +102,11 @@ def resolve_loss_compile(requested: bool | None, device: torch.device) -> bool:
 def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compiled: bool = False) -> None:
     """Give ``model.forward`` a ``ual_smoothing=`` path; without it the forward is unchanged (generation, TRL)."""
     text_config = model.config.get_text_config()
-    for name in _LOGIT_TRANSFORMS:
-        value = getattr(text_config, name, None)
-        if value is not None and value != 1.0:
-            raise UsageError(
-                f"{type(model).__name__} transforms its logits ({name}={value}); UALTrainer's smoothed loss head "
-                "does not support that yet"
-            )
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    if softcap is not None:
+        raise UsageError(f"{type(model).__name__} soft-caps its logits (final_logit_softcapping={softcap}); "
+                         "UALTrainer's smoothed loss head does not support that yet")
+    logit_scale = logit_scale_of(text_config)
     previous_forward = model.forward
 
     @functools.wraps(type(model).forward)
@@ -120,7 +128,7 @@ def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compile
         with maybe_gather_lm_head_ctx(weight, bias):  # ZeRO-3: the head is read directly, not through its module
             out = smoothed_cross_entropy(
                 hidden[mask], weight, labels[mask], eps[mask], convention=convention, bias=bias, chunk_size=chunk_size,
-                compiled=compiled, token_weight=sample_weight if ual_per_sample else None,
+                logit_scale=logit_scale, compiled=compiled, token_weight=sample_weight if ual_per_sample else None,
             )
         aux = None
         if kwargs.get("output_router_logits"):
