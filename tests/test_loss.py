@@ -7,9 +7,12 @@ import torch.nn.functional as F
 from ual.loss import default_chunk_size, smoothed_cross_entropy
 
 
-def reference(hidden, weight, labels, eps, convention, bias=None):
-    """Full soft-target cross-entropy: -sum_v q_v log softmax(z)_v, with the convention's q."""
-    z = hidden @ weight.t() + (0 if bias is None else bias)
+def reference(hidden, weight, labels, eps, convention, bias=None, scale=1.0, softcap=None):
+    """Full soft-target cross-entropy: -sum_v q_v log softmax(z)_v, with the convention's q; z scaled, then soft-capped
+    at softcap * tanh(z / softcap) as Gemma-2's forward writes it (autograd differentiates through the tanh)."""
+    z = (hidden @ weight.t() + (0 if bias is None else bias)) * scale
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
     logp = z.log_softmax(-1)
     vocab = weight.shape[0]
     onehot = F.one_hot(labels, vocab).to(z.dtype)
@@ -163,3 +166,24 @@ def test_shape_and_convention_errors():
 def test_default_chunk_bounds_the_block_size():
     assert default_chunk_size(32_000) * 32_000 <= 2**24
     assert default_chunk_size(128_256) == 512 and default_chunk_size(1000) == 2**24 // 1000
+
+
+@pytest.mark.parametrize("upstream_kind", ["mean", "per-token"])
+@pytest.mark.parametrize("scale, softcap", [(1.0, 3.0), (0.5, 2.0)])
+def test_soft_capped_logits_match_the_reference(upstream_kind, scale, softcap):
+    """Gemma-2/3: logits c * tanh(z / c). 'mean' takes the gradients formed in the forward, 'per-token' the
+    recomputing backward; a cap of 2-3 on logits of size ~5 makes the tanh's slope matter (it is far from 1)."""
+    hidden, weight, b, labels, eps = make_inputs(bias=True)
+    n = labels.shape[0]
+    upstream = torch.full((n,), 1 / n, dtype=torch.float64) if upstream_kind == "mean" else \
+        torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    params = [hidden, weight, b]
+    out = smoothed_cross_entropy(hidden, weight, labels, eps, bias=b, chunk_size=7, logit_scale=scale, softcap=softcap)
+    ref = reference(hidden, weight, labels, eps, "paper", b, scale=scale, softcap=softcap)
+    grads = torch.autograd.grad((out.loss * upstream).sum(), params)
+    ref_grads = torch.autograd.grad((ref * upstream).sum(), params)
+    torch.testing.assert_close(out.loss, ref, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    uncapped = reference(hidden, weight, labels, eps, "paper", b, scale=scale)
+    assert (uncapped - ref).abs().max() > 0.1, "the cap must change the loss for this test to mean anything"

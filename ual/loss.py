@@ -39,18 +39,26 @@ class SmoothedLossOutput:
     is_top1: torch.Tensor  # [N] bool, gold token is the argmax
 
 
-def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, logit_scale: float) -> torch.Tensor:
-    """The chunk's logits: the raw product in the (compute) weight's dtype, or float32 (at least) once bias or
-    scale apply."""
+def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, logit_scale: float,
+            softcap: float | None = None) -> torch.Tensor:
+    """The chunk's logits: the raw product in the (compute) weight's dtype, or float32 (at least) once bias, scale
+    or a soft cap apply. The cap comes last, ``c * tanh(z / c)``, as Gemma-2/3's forward applies it."""
     z = h.to(weight.dtype) @ weight.t()
-    if bias is None and logit_scale == 1.0:
+    if bias is None and logit_scale == 1.0 and softcap is None:
         return z  # _chunk_terms reads it in float32; compiled, without a float32 copy of the block
     z = z.to(torch.promote_types(z.dtype, torch.float32))  # float32 at least, float64 stays float64
     if bias is not None:
         z += bias
     if logit_scale != 1.0:
         z *= logit_scale
+    if softcap is not None:
+        z.div_(softcap).tanh_().mul_(softcap)
     return z
+
+
+def _softcap_slope_(z: torch.Tensor, softcap: float) -> torch.Tensor:
+    """d(capped)/d(uncapped) = 1 - (capped / c)^2, in place of the capped logits."""
+    return z.div_(softcap).square_().neg_().add_(1)
 
 
 def _gold_shares(eps: torch.Tensor, vocab: int, convention: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,10 +84,12 @@ def _token_terms(z_y, sum_z, z_max, sum_p, pz, eps, vocab: int, convention: str)
     return (1 - eps) * nll + eps * uniform_part, lse, entropy
 
 
-def _chunk_terms(z, labels, eps, weight, convention: str, logit_scale: float, grad_dtype: torch.dtype | None):
+def _chunk_terms(z, labels, eps, weight, convention: str, logit_scale: float, grad_dtype: torch.dtype | None,
+                 softcap: float | None = None):
     """One chunk's logits [n, V] -> per-token loss, lse, entropy, is-top-1 and, for a unit upstream gradient of
     the ``weight``-ed loss (None: unweighted), dL/dz in ``grad_dtype`` (None: no gradient wanted). Eager: the only
-    [n, V] blocks are the float32 logits and their exponentials, which become dL/dz in place.
+    [n, V] blocks are the float32 logits and their exponentials, which become dL/dz in place (with a soft cap the
+    logits are kept until then: dL/dz carries the cap's slope).
     """
     vocab = z.shape[1]
     z = z.to(torch.promote_types(z.dtype, torch.float32))
@@ -87,11 +97,15 @@ def _chunk_terms(z, labels, eps, weight, convention: str, logit_scale: float, gr
     p = (z - z_max[:, None]).exp_()
     sum_p = p.sum(-1)
     pz = (p[:, None, :] @ z[:, :, None]).view(-1)  # a batched dot: no third block
-    del z
+    if softcap is None or grad_dtype is None:
+        del z
     loss, lse, entropy = _token_terms(z_y, sum_z, z_max, sum_p, pz, eps, vocab, convention)
     if grad_dtype is None:
         return loss, lse, entropy, argmax == labels, None
     dz = _subtract_target_(p.div_(sum_p[:, None]), labels, eps, convention)
+    if softcap is not None:
+        dz.mul_(_softcap_slope_(z, softcap))
+        del z
     if weight is not None:
         dz.mul_((weight * logit_scale)[:, None])
     elif logit_scale != 1.0:
@@ -99,7 +113,8 @@ def _chunk_terms(z, labels, eps, weight, convention: str, logit_scale: float, gr
     return loss, lse, entropy, argmax == labels, dz.to(grad_dtype)
 
 
-def _fused_chunk_terms(z, labels, eps, weight, convention: str, logit_scale: float, grad_dtype: torch.dtype | None):
+def _fused_chunk_terms(z, labels, eps, weight, convention: str, logit_scale: float, grad_dtype: torch.dtype | None,
+                       softcap: float | None = None):
     """_chunk_terms written for torch.compile: no in-place ops and no stored exponentials, so the graph is a few
     passes over the logits (the row reductions, then dL/dz) that recompute exp as they go and keep no float32
     block: dL/dz is written once, already in ``grad_dtype``.
@@ -114,6 +129,8 @@ def _fused_chunk_terms(z, labels, eps, weight, convention: str, logit_scale: flo
     off_gold, at_gold = _gold_shares(eps, vocab, convention)
     gold = torch.arange(vocab, device=z.device)[None, :] == labels[:, None]
     dz = (z - lse[:, None]).exp() - off_gold[:, None] - torch.where(gold, at_gold[:, None], 0.0)
+    if softcap is not None:
+        dz = dz * (1 - (z / softcap) ** 2)
     scale = logit_scale if weight is None else (weight * logit_scale)[:, None]
     return loss, lse, entropy, argmax == labels, (dz * scale).to(grad_dtype)
 
@@ -165,7 +182,7 @@ class _GradProducts:
 class _SmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, smoothing, token_weight, convention, chunk_size, logit_scale,
-                precompute, compiled):
+                softcap, precompute, compiled):
         # The products run in autocast's dtype when it is on (bf16 mixed precision over float32 weights), as
         # TRL's head and a plain lm_head would; everything else is cast explicitly, so autocast is then turned off.
         device = hidden.device.type
@@ -185,9 +202,9 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
             for s in range(0, n_tokens, chunk_size):
                 e = min(s + chunk_size, n_tokens)
                 loss[s:e], lse[s:e], entropy[s:e], is_top1[s:e], dz = terms(
-                    _logits(hidden[s:e], w, bias, logit_scale), labels[s:e], eps[s:e],
+                    _logits(hidden[s:e], w, bias, logit_scale, softcap), labels[s:e], eps[s:e],
                     tw[s:e] if tw is not None else None, convention, logit_scale,
-                    compute_dtype if grads is not None else None,
+                    compute_dtype if grads is not None else None, softcap,
                 )
                 if grads is not None:  # the gradient products for a unit upstream gradient
                     grads.add(dz, s, e, hidden, w)
@@ -196,6 +213,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
                 loss.mul_(tw)
         ctx.save_for_backward(hidden, weight, bias, labels, eps, lse, tw)
         ctx.convention, ctx.chunk_size, ctx.logit_scale, ctx.grads = convention, chunk_size, logit_scale, grads
+        ctx.softcap = softcap
         ctx.compute_dtype = compute_dtype
         ctx.mark_non_differentiable(entropy, is_top1)
         return loss, entropy, is_top1
@@ -211,7 +229,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
                 grads.hidden.mul_(g[:, None].to(grads.hidden.dtype)) if grads.hidden is not None else None,
                 grads.weight.mul_(g0).to(ctx.saved_tensors[1].dtype) if grads.weight is not None else None,
                 grads.bias.mul_(g0).to(ctx.saved_tensors[2].dtype) if grads.bias is not None else None,
-                *([None] * 8),
+                *([None] * 9),
             )
         return _recompute_backward(ctx, g)
 
@@ -228,16 +246,20 @@ def _recompute_backward(ctx, g):
         w = weight.to(ctx.compute_dtype)
         for s in range(0, hidden.shape[0], ctx.chunk_size):
             e = min(s + ctx.chunk_size, hidden.shape[0])
-            z = _logits(hidden[s:e], w, bias, ctx.logit_scale)
+            z = _logits(hidden[s:e], w, bias, ctx.logit_scale, ctx.softcap)
+            slope = None if ctx.softcap is None else _softcap_slope_(z.to(lse.dtype, copy=True), ctx.softcap)
             p = z.to(lse.dtype).sub_(lse[s:e, None]).exp_()  # softmax
             del z
             dz = _subtract_target_(p, labels[s:e], eps[s:e], ctx.convention)
+            if slope is not None:
+                dz.mul_(slope)
+            del slope
             grads.add(dz.mul_((g[s:e] * ctx.logit_scale)[:, None]).to(w.dtype), s, e, hidden, w)
     return (
         grads.hidden,
         grads.weight.to(weight.dtype) if grads.weight is not None else None,
         grads.bias.to(bias.dtype) if grads.bias is not None else None,
-        *([None] * 8),
+        *([None] * 9),
     )
 
 
@@ -251,6 +273,7 @@ def smoothed_cross_entropy(
     bias: torch.Tensor | None = None,
     chunk_size: int | None = None,
     logit_scale: float = 1.0,
+    softcap: float | None = None,
     compiled: bool = False,
     token_weight: torch.Tensor | None = None,
 ) -> SmoothedLossOutput:
@@ -260,7 +283,8 @@ def smoothed_cross_entropy(
     chunk's elementwise work with torch.compile (same maths; pays a compile on the first call of a run).
     ``token_weight [N]``: the returned per-token loss is ``token_weight * loss``, so a caller that weights its
     tokens unequally (one sample, one vote) still sums it with one upstream gradient for all, and keeps the
-    fast backward (products formed in the forward).
+    fast backward (products formed in the forward). ``logit_scale`` multiplies the logits and ``softcap`` then caps
+    them at ``softcap * tanh(z / softcap)`` (Gemma-2/3's ``final_logit_softcapping``), as the models' forwards do.
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown smoothing convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
@@ -275,7 +299,8 @@ def smoothed_cross_entropy(
     params = (hidden, weight) if bias is None else (hidden, weight, bias)
     precompute = torch.is_grad_enabled() and any(t.requires_grad for t in params)
     loss, entropy, is_top1 = _SmoothedCrossEntropy.apply(
-        hidden, weight, bias, labels, smoothing, token_weight, convention, chunk_size, logit_scale, precompute, compiled
+        hidden, weight, bias, labels, smoothing, token_weight, convention, chunk_size, logit_scale, softcap, precompute,
+        compiled,
     )
     return SmoothedLossOutput(loss=loss, entropy=entropy, is_top1=is_top1)
 

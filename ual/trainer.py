@@ -102,10 +102,7 @@ def resolve_loss_compile(requested: bool | None, device: torch.device) -> bool:
 def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compiled: bool = False) -> None:
     """Give ``model.forward`` a ``ual_smoothing=`` path; without it the forward is unchanged (generation, TRL)."""
     text_config = model.config.get_text_config()
-    softcap = getattr(text_config, "final_logit_softcapping", None)
-    if softcap is not None:
-        raise UsageError(f"{type(model).__name__} soft-caps its logits (final_logit_softcapping={softcap}); "
-                         "UALTrainer's smoothed loss head does not support that yet")
+    softcap = getattr(text_config, "final_logit_softcapping", None)  # Gemma-2/3: c * tanh(z / c), after the scale
     logit_scale = logit_scale_of(text_config)
     previous_forward = model.forward
 
@@ -128,7 +125,7 @@ def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compile
         with maybe_gather_lm_head_ctx(weight, bias):  # ZeRO-3: the head is read directly, not through its module
             out = smoothed_cross_entropy(
                 hidden[mask], weight, labels[mask], eps[mask], convention=convention, bias=bias, chunk_size=chunk_size,
-                logit_scale=logit_scale, compiled=compiled, token_weight=sample_weight if ual_per_sample else None,
+                logit_scale=logit_scale, softcap=softcap, compiled=compiled, token_weight=sample_weight if ual_per_sample else None,
             )
         aux = None
         if kwargs.get("output_router_logits"):
