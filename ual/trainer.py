@@ -111,6 +111,10 @@ def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compile
         if ual_smoothing is None:
             return previous_forward(*args, labels=labels, **kwargs)
         kwargs["use_cache"] = False
+        extra = labels.shape[1] - ual_smoothing.shape[1]
+        if extra > 0:  # PEFT prompt learning prepended virtual tokens to the labels (as -100), not to our columns
+            ual_smoothing = torch.nn.functional.pad(ual_smoothing, (extra, 0))
+            ual_sample_ids = torch.cat([ual_sample_ids[:, :1].expand(-1, extra), ual_sample_ids], dim=1)
         backbone = self.base_model(*args, **kwargs)
         hidden = backbone.last_hidden_state[:, :-1]
         labels, eps = labels[:, 1:], ual_smoothing[:, 1:]
