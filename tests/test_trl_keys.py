@@ -59,3 +59,20 @@ def test_columns_keep_only_what_is_named(tmp_path, capsys):
     bad = recipe(tmp_path, [{"path": str(data), "columns": ["question", "solution"]}])
     line = fails_cleanly(tmp_path, capsys, [bad])
     assert "columns: 'solution' is not a column of the dataset" in line
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"use_liger_kernel": True}, "use_liger_kernel needs the liger-kernel package"),
+    ({"attn_implementation": "flash_attention_2"}, "needs the flash_attn package"),
+    ({"attn_implementation": "kernels-community/flash-attn3"}, "is a hub kernel: it needs the kernels package"),
+    ({"model_init_kwargs": {"use_kernels": True}}, "use_kernels: true needs the kernels package"),
+])
+def test_speed_options_without_their_package_fail_before_anything_loads(tmp_path, capsys, extra, message):
+    import importlib.util
+
+    missing = {"use_liger_kernel": "liger_kernel", "attn_implementation": "flash_attn"}
+    package = "kernels" if "kernels" in str(extra) else missing[next(iter(extra))]
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here, so the refusal cannot be seen")
+    data = write_jsonl(tmp_path / "g.jsonl", gsm())
+    assert message in fails_cleanly(tmp_path, capsys, [recipe(tmp_path, [{"path": str(data)}], **extra)])

@@ -26,7 +26,7 @@ from .files import looks_local
 from .processes import stop_with_parent
 from .recipe import Recipe, load_recipe, split_argv
 from .run_folder import Resume, check_output_dir, resolve_resume
-from .trainer import UALTrainer
+from .trainer import UALTrainer, check_speedups
 
 logger = logging.getLogger("ual")
 
@@ -237,6 +237,7 @@ def preflight(argv: list[str] | None = None) -> Run:
     training_args, model_args, data_args = parse_args(argv)
     _log_to_console(training_args)
     check_model_args(model_args)
+    check_speedups(training_args, model_args.attn_implementation)
     requested = resume_arg(training_args.resume_from_checkpoint)
     check_output_dir(training_args.output_dir, overwrite=training_args.overwrite_output_dir, resume=requested)
     resume = resolve_resume(requested, training_args.output_dir)

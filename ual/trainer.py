@@ -86,6 +86,32 @@ def router_aux_loss(model, text_config, router_logits, attention_mask) -> torch.
     return load_balancing_loss_func(router_logits, num_experts, text_config.num_experts_per_tok, attention_mask)
 
 
+def check_speedups(args, attn_implementation: str | None = None) -> None:
+    """Kernel options whose package is missing fail here, before a model loads, with how each combines with the
+    smoothed head (which reads the final hidden states, so layer and attention kernels work under it)."""
+    init = args.model_init_kwargs or {}
+    attn = attn_implementation or init.get("attn_implementation")
+    if args.use_liger_kernel:
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise UsageError("use_liger_kernel needs the liger-kernel package (pip install liger-kernel). With "
+                             "UALTrainer, as with SFTTrainer, only Liger's layer kernels apply; its fused "
+                             "cross-entropy would replace the smoothed loss head")
+        if (args.liger_kernel_config or {}).get("fused_linear_cross_entropy"):
+            raise UsageError("liger_kernel_config fused_linear_cross_entropy: true would replace the smoothed loss "
+                             "head; UALTrainer computes the loss itself, without the full logits")
+    if init.get("use_kernels") and importlib.util.find_spec("kernels") is None:
+        raise UsageError("model_init_kwargs use_kernels: true needs the kernels package (pip install kernels); its "
+                         "hub kernels replace layers, and the smoothed head works on top of them")
+    if attn in ("flash_attention_2", "flash_attention_3"):
+        package = "flash_attn" if attn == "flash_attention_2" else "flash_attn_interface"
+        if importlib.util.find_spec(package) is None:
+            raise UsageError(f"attn_implementation {attn} needs the {package} package and a CUDA GPU; or use sdpa "
+                             "(any attention implementation works with the smoothed head)")
+    elif isinstance(attn, str) and "/" in attn and importlib.util.find_spec("kernels") is None:
+        raise UsageError(f"attn_implementation {attn} is a hub kernel: it needs the kernels package (pip install "
+                         "kernels) and the hub, or a local cache of it")
+
+
 def resolve_loss_compile(requested: bool | None, device: torch.device) -> bool:
     """``loss_compile`` for this device: None picks it (CUDA with Triton); True must be able to compile here."""
     has_triton = importlib.util.find_spec("triton") is not None
@@ -199,6 +225,7 @@ class UALTrainer(SFTTrainer):
         if args.loss_type != "nll":
             raise UsageError(f"UALTrainer smooths the NLL loss; loss_type={args.loss_type!r} is not supported")
         loss_compile = resolve_loss_compile(args.loss_compile, args.device)  # before the model loads
+        check_speedups(args)
         if train_dataset is None:
             raise UsageError("`train_dataset` is required")  # SFTTrainer's message and type (ValueError)
         if not isinstance(train_dataset, Dataset):
