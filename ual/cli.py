@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "train":
-        if {"-h", "--help"} & set(rest):
+        if {"-h", "--help", "--help-all"} & set(rest):
             from ual.train import main as train
 
             train(rest)

@@ -12,8 +12,10 @@ import difflib
 import importlib.util
 import logging
 import os
+import re
 import sys
 import tempfile
+import textwrap
 from dataclasses import dataclass, field
 
 import yaml
@@ -80,7 +82,7 @@ class RecipeParser(TrlParser):
     """TrlParser whose argument errors are one line (argparse would print the whole 160-line usage first)."""
 
     def error(self, message):
-        raise UsageError(f"{message} (`python -m ual.train --help` lists every key)")
+        raise UsageError(f"{message} (`python -m ual.train --help-all` lists every key)")
 
 
 def make_parser() -> TrlParser:
@@ -107,7 +109,7 @@ def check_recipe_keys(recipe: Recipe, parser: TrlParser) -> None:
             near = difflib.get_close_matches(key, known, n=2)
             where = recipe.origins.get(key, "the recipe")
             raise UsageError(f"{where}: unknown key {key!r}" + (f"; did you mean {' or '.join(map(repr, near))}?"
-                                                               if near else "; `python -m ual.train --help` lists every key"))
+                                                               if near else "; `python -m ual.train --help-all` lists every key"))
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[UALConfig, ModelConfig, UALDataArguments]:
@@ -115,10 +117,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[UALConfig, ModelConfig, U
     argv = list(sys.argv[1:] if argv is None else argv)
     recipes, flags = split_argv(argv)
     parser = make_parser()
+    if "--help-all" in flags:
+        parser.parse_args_and_config(["--help"])  # every key of UALConfig, TRL's ModelConfig and the data
+    if {"-h", "--help"} & set(flags):
+        print(short_help())
+        raise SystemExit(0)
     if not recipes:
-        if {"-h", "--help"} & set(flags):
-            parser.parse_args_and_config(flags)
-        raise UsageError("usage: python -m ual.train RECIPE.yaml [OVERLAY.yaml ...] [--key value ...]  (--help lists every key)")
+        raise UsageError("usage: python -m ual.train RECIPE.yaml [OVERLAY.yaml ...] [--key value ...]  (--help-all lists every key)")
     recipe = load_recipe(recipes)  # launcher keys are `ual train`'s business
     check_recipe_keys(recipe, parser)
     # TRL's own parser reads the merged recipe, so YAML, env and CLI handling are exactly TRL's
@@ -133,8 +138,45 @@ def parse_args(argv: list[str] | None = None) -> tuple[UALConfig, ModelConfig, U
     finally:
         os.unlink(merged.name)
     if unknown:
-        raise UsageError(f"unknown argument(s) {' '.join(unknown)} (`python -m ual.train --help` lists every key)")
+        raise UsageError(f"unknown argument(s) {' '.join(unknown)} (`python -m ual.train --help-all` lists every key)")
     return tuple(parsed)
+
+
+def short_help() -> str:
+    """``ual train --help``: how a run is put together and the smoothing keys; ``--help-all`` lists every key."""
+    from .config import SMOOTHING_FIELDS
+    from .launch import LAUNCH_FLAGS
+
+    fields = UALConfig.__dataclass_fields__
+    extra = ("loss_chunk_size", "loss_compile", "overwrite_output_dir")
+    def first_sentence(name):
+        text = " ".join(fields[name].metadata.get("help", "").split())
+        first = re.split(r"(?<=\.)\s+(?=[A-Z])", text)[0]
+        choices = fields[name].metadata.get("choices")
+        first += f" One of: {', '.join(map(str, choices))}." if choices else ""
+        return textwrap.fill(first, width=114, initial_indent=f"  --{name:<22} ", subsequent_indent=" " * 27)
+
+    keys = "\n".join(first_sentence(name) for name in (*SMOOTHING_FIELDS, *extra) if name in fields)
+    launch = " ".join(f"--{k}" for k in LAUNCH_FLAGS)
+    return f"""usage: ual train RECIPE.yaml [OVERLAY.yaml ...] [--key value ...] [--dry-run]
+
+  RECIPE.yaml        a scenario recipe (recipes/*.yaml): model, data (`datasets:`), smoothing and training keys
+  OVERLAY.yaml       merged left to right after it, later keys win: a baseline (recipes/baselines/sft.yaml,
+                     ls.yaml) and/or a variant (recipes/variants/qlora.yaml, authors_code.yaml, ...)
+  --key value        overrides any key of the files (--learning_rate 1e-4 --output_dir outputs/try)
+  --dry-run          print the `accelerate launch` command and check the recipe, model, output folder and data
+                     paths, reading only; nothing is launched
+
+launch (to `accelerate launch`, from the recipe or as flags):
+  {launch}
+  accelerate_config: a file of accelerate_configs/, one of TRL's names (zero1 zero2 zero3 fsdp1 fsdp2 multi_gpu
+  single_gpu), or a path
+
+smoothing keys (UALConfig; every SFTConfig and ModelConfig key works too):
+{keys}
+
+  --help-all         every key: UALConfig (TRL's SFTConfig plus the above), ModelConfig, the data arguments
+  python -m ual.train runs one process with the same arguments (what each rank runs under accelerate)"""
 
 
 class _StderrHandler(logging.StreamHandler):
