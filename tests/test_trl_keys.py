@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("extra, message", [
     ({"torch_dtype": "bfloat16"}, "unknown key 'torch_dtype': use 'dtype'"),
     ({"dataset_mixture": {"datasets": [{"id": "x", "weight": 0.5}]}}, "is written here as `datasets:`"),
-    ({"dataset_streaming": True}, "dataset_streaming: true is not supported yet"),
+    ({"dataset_streaming": True}, "dataset_streaming: true is not supported by recipes yet"),
     ({"test_split_size": 0.2, "eval_datasets": [{"path": "x.jsonl"}]}, "keep one"),
     ({"dataset_test_split": "test"}, "names a split of dataset_name"),
 ])

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
-from datasets import Dataset, Features, Value, concatenate_datasets, load_dataset
+from datasets import Dataset, Features, IterableDataset, Value, concatenate_datasets, load_dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from trl.trainer.utils import pad
 
@@ -185,31 +185,37 @@ def check_scores(
     values, column: str, where: str, *, fill: float | None, value_range: tuple[float, float]
 ) -> np.ndarray:
     """Scores as floats, or a ValueError naming ``where``, the row and the column of the first bad one."""
-    low, high = value_range
     out = np.empty(len(values), dtype=np.float64)
     bad: list[tuple[int, str]] = []
     for i, v in enumerate(values):
-        if v is None and fill is not None:
-            v = fill
-        if v is None:
-            problem = "missing value (set missing_uncertainty to a score to fill it)"
-        elif isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            problem = f"{v!r} is not a number"
-        elif not math.isfinite(v):
-            problem = f"{v} is not finite"
-        elif v < 0:
-            problem = f"{v} is negative"
-        elif not low <= v <= high:
-            problem = f"{v} lies outside the declared range [{low:g}, {high:g}]"
-        else:
+        v, problem = _score_problem(v, fill, value_range)
+        if problem is None:
             out[i] = v
-            continue
-        bad.append((i, problem))
+        else:
+            bad.append((i, problem))
     if bad:
         i, problem = bad[0]
         more = f" ({len(bad)} bad rows in all: {', '.join(str(r) for r, _ in bad[:10])}{', ...' if len(bad) > 10 else ''})"
         raise UsageError(f"{where}: row {i} (0-based), column {column!r}: {problem}{more if len(bad) > 1 else ''}")
     return out
+
+
+def _score_problem(v, fill: float | None, value_range: tuple[float, float]) -> tuple[float | None, str | None]:
+    """(the score, None), or (None, what is wrong with it)."""
+    low, high = value_range
+    if v is None and fill is not None:
+        v = fill
+    if v is None:
+        return None, "missing value (set missing_uncertainty to a score to fill it)"
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return None, f"{v!r} is not a number"
+    if not math.isfinite(v):
+        return None, f"{v} is not finite"
+    if v < 0:
+        return None, f"{v} is negative"
+    if not low <= v <= high:
+        return None, f"{v} lies outside the declared range [{low:g}, {high:g}]"
+    return float(v), None
 
 
 def _score_column(args) -> tuple[str | None, tuple[float, float]]:
@@ -348,6 +354,47 @@ def attach_smoothing(
     return dataset, fitted, SmoothingReport(fitted.to_dict(), summarize(eps), per_source)
 
 
+def attach_smoothing_stream(dataset: IterableDataset, args, where: str, fitted: SmoothingMap | None = None):
+    """``attach_smoothing`` for a streamed (``IterableDataset``) set: (dataset, mapping, report, (rows, eps sum)).
+
+    Only ``uncertainty`` needs a statistic of the whole set (the mean score): it is taken from one pass over the
+    score column before training, and every score is checked in that pass. The other strategies, and eval sets
+    (which apply the training set's mapping), read each row's score as it streams past; a bad score then stops
+    the run at that row, naming it."""
+    column, value_range = _score_column(args)
+    fill = args.missing_fill if args.smoothing_strategy != "explicit" else None
+    counted = (0, 0.0)
+    scores = None
+    if fitted is None:
+        if args.smoothing_strategy == "uncertainty":
+            if column not in (dataset.column_names or [column]):
+                raise UsageError(f"{where}: no column {column!r} (smoothing_strategy='uncertainty'); the columns are "
+                                 f"{dataset.column_names}")
+            logger.info("%s is streamed: one pass over its %r column to fit the mapping", where, column)
+            values = [row[column] for row in dataset.select_columns([column])]
+            scores = check_scores(values, column, where, fill=fill, value_range=value_range)
+        fitted = fit_smoothing(
+            scores if scores is not None else np.asarray([value_range[0]]),  # linear/explicit read no statistic
+            args.smoothing_strategy, target_mean=args.smoothing_mean, smoothing_min=args.smoothing_min,
+            smoothing_max=args.smoothing_max, uncertainty_range=tuple(args.uncertainty_range),
+        )
+        if scores is not None:
+            eps = fitted(scores)
+            counted = (int(eps.size), float(eps.sum()))
+
+    def add_eps(row, index):
+        if column is None:
+            return {SAMPLE_SMOOTHING: float(fitted(0.0))}
+        value, problem = _score_problem(row.get(column), fill, value_range)
+        if problem is not None:
+            raise UsageError(f"{where}: row {index} (0-based), column {column!r}: {problem}")
+        return {SAMPLE_SMOOTHING: float(fitted(value))}
+
+    overall = summarize(fitted(scores)) if scores is not None else "streamed: eps from the mapping, row by row"
+    report = SmoothingReport(fitted.to_dict(), overall, {})
+    return dataset.map(add_eps, with_indices=True), fitted, report, counted
+
+
 def applied_smoothing(dataset: Dataset) -> dict:
     """The mean eps that training applies, both ways, over the tokenised (truncated) set: per sample, what
     ``loss_normalization: sample`` applies, and per trained token, what ``token`` applies (long answers weigh
@@ -376,15 +423,12 @@ def expand_smoothing(dataset: Dataset, num_proc: int | None = None) -> Dataset:
             TOKEN_SMOOTHING: [[eps] * len(ids) for eps, ids in zip(batch[SAMPLE_SMOOTHING], batch["input_ids"])]
         }
 
-    keep = [c for c in ("input_ids", "labels", "seq_lengths") if c in dataset.column_names]
-    dataset = dataset.map(
-        per_token,
-        batched=True,
-        remove_columns=[c for c in dataset.column_names if c not in keep],
-        num_proc=num_proc,
-        desc="Expanding smoothing to tokens",
-    )
-    return dataset
+    columns = dataset.column_names
+    if columns is None:  # a streamed set whose columns are not declared: read them off its first row
+        columns = list(next(iter(dataset)).keys())
+    keep = [c for c in ("input_ids", "labels", "seq_lengths") if c in columns]
+    extra = {"num_proc": num_proc, "desc": "Expanding smoothing to tokens"} if isinstance(dataset, Dataset) else {}
+    return dataset.map(per_token, batched=True, remove_columns=[c for c in columns if c not in keep], **extra)
 
 
 @dataclass

@@ -58,8 +58,8 @@ class UALDataArguments(UALMixtureConfig):
 
     def __post_init__(self):
         if self.dataset_streaming:
-            raise UsageError("dataset_streaming: true is not supported yet: UALTrainer fits the smoothing mapping over "
-                             "the whole training set before training; load the dataset without streaming")
+            raise UsageError("dataset_streaming: true is not supported by recipes yet (their mixing and row checks "
+                             "read the whole set); from Python, UALTrainer takes a streamed IterableDataset")
         if self.dataset_name is not None:
             if self.datasets:
                 raise UsageError("the recipe sets both `datasets:` and TRL's `dataset_name`; keep one")

@@ -1,7 +1,8 @@
 """UALTrainer: TRL's SFTTrainer with a per-sample label-smoothing loss.
 
 What it changes, hook by hook (everything else is SFTTrainer's):
-- ``__init__``: fits the uncertainty -> eps mapping on the whole training set (before any sharding),
+- ``__init__``: fits the uncertainty -> eps mapping on the whole training set (before any sharding; a streamed
+  set gives ``uncertainty`` one pass over its scores, other strategies none),
   installs a collator that carries ``smoothing``, and adds a ``ual_smoothing`` path to the model's
   forward that returns per-token smoothed losses from the final hidden states (no [B, T, V] logits).
 - ``_prepare_dataset``: TRL tokenizes and truncates (the per-sample eps column rides along), then
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import is_peft_model
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 from transformers.utils import ModelOutput
 from trl import SFTTrainer, pack_dataset
 from trl.trainer.utils import maybe_gather_lm_head_ctx
@@ -42,6 +43,7 @@ from .data import (
     SmoothingCollator,
     applied_smoothing,
     attach_smoothing,
+    attach_smoothing_stream,
     expand_smoothing,
 )
 from .files import apply_umask, write_atomic
@@ -191,7 +193,8 @@ def _uniform_token_smoothing(dataset, args: UALConfig):
                          f"per-token {TOKEN_SMOOTHING!r} column next to input_ids/labels (only 'none' and 'constant' "
                          "can fill it in)")
     eps = 0.0 if args.smoothing_strategy == "none" else float(args.smoothing_mean)
-    return dataset.map(lambda row: {TOKEN_SMOOTHING: [eps] * len(row["input_ids"])}, desc="Uniform smoothing")
+    extra = {"desc": "Uniform smoothing"} if isinstance(dataset, Dataset) else {}
+    return dataset.map(lambda row: {TOKEN_SMOOTHING: [eps] * len(row["input_ids"])}, **extra)
 
 
 def _same(a, b) -> bool:
@@ -228,26 +231,33 @@ class UALTrainer(SFTTrainer):
         check_speedups(args)
         if train_dataset is None:
             raise UsageError("`train_dataset` is required")  # SFTTrainer's message and type (ValueError)
-        if not isinstance(train_dataset, Dataset):
-            raise TypeError(
-                "UALTrainer needs a map-style datasets.Dataset: the smoothing mapping is fitted over the whole "
-                f"training set before training (got {type(train_dataset).__name__})"
-            )
+        streamed = isinstance(train_dataset, IterableDataset)
+        if not isinstance(train_dataset, Dataset) and not streamed:
+            raise TypeError(f"UALTrainer needs a datasets.Dataset or IterableDataset (got {type(train_dataset).__name__})")
+        if streamed and args.packing:
+            raise UsageError("packing a streamed (IterableDataset) training set is not supported yet; set packing: "
+                             "false or load the dataset without streaming")
         skip = bool((args.dataset_kwargs or {}).get("skip_prepare_dataset"))
+        fitted_on = None
         if skip:
-            if TOKEN_SMOOTHING not in train_dataset.column_names:
+            if TOKEN_SMOOTHING not in (train_dataset.column_names or []):
                 train_dataset = _uniform_token_smoothing(train_dataset, args)
             self.smoothing_map, self.smoothing_report = None, None
+        elif streamed:
+            train_dataset, self.smoothing_map, self.smoothing_report, fitted_on = attach_smoothing_stream(
+                train_dataset, args, "train_dataset"
+            )
         else:
             train_dataset, self.smoothing_map, self.smoothing_report = attach_smoothing(
                 train_dataset, args, "train_dataset"
             )
+            fitted_on = (len(train_dataset), float(sum(train_dataset[SAMPLE_SMOOTHING])))
+        if not skip:
             logger.info("UAL smoothing (%s): %s", args.smoothing_strategy, self.smoothing_report.overall)
             for source, stats in self.smoothing_report.per_source.items():
                 logger.info("UAL smoothing for %s: %s", source, stats)
         self.dropped_samples: dict[str, int] = {}
         self.applied_smoothing: dict | None = None
-        fitted_on = (len(train_dataset), float(sum(train_dataset[SAMPLE_SMOOTHING]))) if not skip else None
 
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, **kwargs)
@@ -341,12 +351,19 @@ class UALTrainer(SFTTrainer):
             raise UsageError(f"cannot resume from {checkpoint} with different smoothing: " + "; ".join(diffs))
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
-        if SAMPLE_SMOOTHING not in dataset.column_names:  # an eval set: apply the mapping fitted on train
+        streamed = isinstance(dataset, IterableDataset)
+        if SAMPLE_SMOOTHING not in (dataset.column_names or []):  # an eval set: apply the mapping fitted on train
             if self.smoothing_map is None:
                 raise UsageError(f"{dataset_name} dataset has no smoothing column and no mapping was fitted")
-            dataset, _, report = attach_smoothing(dataset, args, f"{dataset_name}_dataset", fitted=self.smoothing_map)
-            logger.info("UAL smoothing for %s: %s", dataset_name, report.overall)
-        before = len(dataset)
+            if streamed:
+                dataset, *_ = attach_smoothing_stream(dataset, args, f"{dataset_name}_dataset", self.smoothing_map)
+            else:
+                dataset, _, report = attach_smoothing(dataset, args, f"{dataset_name}_dataset",
+                                                      fitted=self.smoothing_map)
+                logger.info("UAL smoothing for %s: %s", dataset_name, report.overall)
+        if streamed and packing:
+            raise UsageError(f"packing a streamed {dataset_name} dataset is not supported yet; set packing: false")
+        before = None if streamed else len(dataset)
         # Tokenize, build labels and truncate with TRL (other columns ride along). When packing, TRL packs untruncated
         # sequences and lets the packing strategy truncate, split or wrap them, so truncation is left to packing here too.
         max_length = args.max_length
@@ -356,14 +373,16 @@ class UALTrainer(SFTTrainer):
             dataset = super()._prepare_dataset(dataset, processing_class, args, False, formatting_func, dataset_name)
         finally:
             args.max_length = max_length
-        dropped = before - len(dataset)
+        dropped = 0 if streamed else before - len(dataset)  # a stream drops rows as they pass, uncounted
         self.dropped_samples[dataset_name] = dropped
         if dropped:
             logger.warning(
                 "%s: dropped %d of %d samples whose every label was masked after truncation to max_length=%s",
                 dataset_name, dropped, before, max_length,
             )
-        if dataset_name == "train":
+        if dataset_name == "train" and streamed:
+            logger.info("the smoothing applied after tokenisation is not measured for a streamed training set")
+        elif dataset_name == "train":
             self.applied_smoothing = applied_smoothing(dataset)
             logger.info("smoothing applied in training (after tokenisation): mean %.4f per sample, %.4f per trained "
                         "token (loss_normalization %r applies the %s mean)", self.applied_smoothing["sample_mean"],
