@@ -11,7 +11,7 @@ from conftest import REPO
 from ual.eval import answers
 from ual.eval.generate import Generation
 from ual.eval.maths import TASKS, gold_answers, score
-from ual.eval.stats import wilson_interval
+from ual.eval.maths import wilson95 as wilson_interval
 
 
 def correct(gold: str, output: str) -> bool:

@@ -101,3 +101,60 @@ def test_python_dash_m_entry_point(runs):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout == EXPECTED
+
+
+def test_applied_mean_eps_is_read_as_a_number_for_the_runs_normalisation(tmp_path):
+    from ual.eval.report import read_smoothing
+
+    base = {"settings": {"smoothing_strategy": "uncertainty", "smoothing_mean": 0.1},
+            "statistics": {"mean": 0.1, "overall": "n=4 mean=0.9999 (prose is not read)"},
+            "applied": {"sample_mean": 0.08, "token_mean": 0.06}}
+    for normalization, want in (("sample", 0.08), ("token", 0.06), (None, 0.06)):
+        data = json.loads(json.dumps(base))
+        if normalization:
+            data["settings"]["loss_normalization"] = normalization
+        write(tmp_path / str(normalization) / "ual_smoothing.json", data)
+        assert read_smoothing(tmp_path / str(normalization)) == ("uncertainty", want)
+    del base["applied"]
+    write(tmp_path / "old" / "ual_smoothing.json", base)
+    assert read_smoothing(tmp_path / "old") == ("uncertainty", 0.1)  # the fitted mean, a number
+
+
+def with_samples(run, outcomes, questions=None):
+    rows = [{"index": i, "question": (questions or {}).get(i, f"q{i}"), "correct": ok} for i, ok in enumerate(outcomes)]
+    write(run / "eval/gsm8k/samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_paired_comparison_on_the_same_problems(runs, tmp_path, capsys):
+    sft, ual = runs
+    base = [i % 2 == 0 for i in range(40)]  # 20 of 40
+    better = list(base)
+    for i in (1, 3, 5, 7, 9, 11, 13, 15, 17, 19):
+        better[i] = True  # gains 10
+    better[0] = better[2] = False  # loses 2
+    with_samples(sft, base)
+    with_samples(ual, better)
+    out = tmp_path / "report"
+    assert main(["report", str(sft), str(ual), "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    # by hand: exact two-sided binomial p of 2 in 12 discordant pairs = 2 * (1 + 12 + 66) / 2^12; the paired Wald
+    # interval: d = 8/40, se = sqrt(12 - 8^2/40) / 40
+    p = 2 * (1 + 12 + 66) / 4096
+    half = 1.959963984540054 * (12 - 64 / 40) ** 0.5 / 40
+    assert f"+20.0 [{100 * (0.2 - half):+.1f}, {100 * (0.2 + half):+.1f}], p = {p:.3g} (+10/−2)" in printed
+    rows = (out / "paired.csv").read_text().splitlines()
+    assert rows[0] == "baseline,run,eval,n,gained,lost,difference,ci95_low,ci95_high,p_value"
+    fields = rows[1].split(",")
+    assert fields[:6] == ["sft", "ual", "gsm8k", "40", "10", "2"] and float(fields[9]) == pytest.approx(p, rel=1e-12)
+    from matplotlib.image import imread
+
+    assert imread(out / "paired.png").std() > 0
+
+
+def test_no_paired_comparison_on_different_problems(runs, capsys):
+    sft, ual = runs
+    with_samples(sft, [True, False, True])
+    with_samples(ual, [True, True, True], questions={2: "another question"})
+    assert main(["report", str(sft), str(ual)]) == 0
+    captured = capsys.readouterr()
+    assert "Paired with" not in captured.out and "not evaluated on the same problems" in captured.err

@@ -311,14 +311,16 @@ def _to_messages(loaded: list[Dataset], names: list[str], args) -> list[Dataset]
 
 @dataclass
 class SmoothingReport:
-    """What the mapping did, logged at start and saved next to the model."""
+    """What the mapping did, logged at start and saved next to the model (``mean``: the fitted mean eps over the
+    samples, a number for tools; ``overall``: the same summary in words)."""
 
     mapping: dict
     overall: str
     per_source: dict[str, dict]
+    mean: float | None = None
 
     def to_dict(self) -> dict:
-        return {"mapping": self.mapping, "overall": self.overall, "per_source": self.per_source}
+        return {"mapping": self.mapping, "mean": self.mean, "overall": self.overall, "per_source": self.per_source}
 
 
 def attach_smoothing(
@@ -351,7 +353,7 @@ def attach_smoothing(
                 "smoothing_max": float(sel.max()),
                 **({"uncertainty_mean": float(scores[sources == name].mean())} if scores is not None else {}),
             }
-    return dataset, fitted, SmoothingReport(fitted.to_dict(), summarize(eps), per_source)
+    return dataset, fitted, SmoothingReport(fitted.to_dict(), summarize(eps), per_source, float(eps.mean()))
 
 
 def attach_smoothing_stream(dataset: IterableDataset, args, where: str, fitted: SmoothingMap | None = None):
@@ -391,7 +393,7 @@ def attach_smoothing_stream(dataset: IterableDataset, args, where: str, fitted: 
         return {SAMPLE_SMOOTHING: float(fitted(value))}
 
     overall = summarize(fitted(scores)) if scores is not None else "streamed: eps from the mapping, row by row"
-    report = SmoothingReport(fitted.to_dict(), overall, {})
+    report = SmoothingReport(fitted.to_dict(), overall, {}, float(fitted(scores).mean()) if scores is not None else None)
     return dataset.map(add_eps, with_indices=True), fitted, report, counted
 
 

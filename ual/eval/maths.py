@@ -12,11 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from scipy.stats import binomtest
+
 from ual.eval import answers, data, protocols
 from ual.errors import UsageError
 from ual.eval.generate import Generation
 from ual.eval.runner import EvalOptions, base_settings, check_inputs, generate_for, write_results
-from ual.eval.stats import wilson_interval
+
+
+def wilson95(correct: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval of an accuracy (scipy's): inside [0, 1] and sane at 0/n and n/n, where the
+    normal interval collapses to a point. On 1,319 problems it is about ±2.5 points at 50%."""
+    ci = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ def score(rows: list[dict], task: MathTask, golds: list[str], gens: list[Generat
             }
         )
     n = len(samples)
-    lo, hi = wilson_interval(correct, n)
+    lo, hi = wilson95(correct, n)
     metrics = {
         "accuracy": correct / n,
         "accuracy_ci95": [lo, hi],
@@ -106,7 +114,7 @@ def score_paper(rows: list[dict], task: MathTask, paper_golds: list[str], golds:
     n = len(samples)
     mv = {"accuracy_math_verify": metrics.pop("accuracy"), "accuracy_math_verify_ci95": metrics.pop("accuracy_ci95"),
           "correct_math_verify": metrics.pop("correct")}
-    lo, hi = wilson_interval(hits, n)
+    lo, hi = wilson95(hits, n)
     return {"accuracy": hits / n, "accuracy_ci95": [lo, hi], "correct": hits, "metric": "substring (the authors')",
             **mv, **metrics}, samples
 

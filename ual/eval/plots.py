@@ -66,3 +66,25 @@ def metric_bars(runs: list[str], metrics: dict[str, list[tuple[float | None, tup
         ax.set_title(name, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def paired_differences(base: str, pairs, path: Path) -> Path:
+    """One panel per eval: each run's accuracy minus the baseline's on the same problems, 95% interval as error
+    bar, exact McNemar p-value above it."""
+    evals = sorted({p.eval_name for p in pairs})
+    fig = Figure(figsize=(4.5 * len(evals), 4.2))
+    for i, name in enumerate(evals, start=1):
+        ax = fig.add_subplot(1, len(evals), i)
+        mine = [p for p in pairs if p.eval_name == name]
+        x = np.arange(len(mine))
+        diff = np.array([100 * p.difference for p in mine])
+        err = np.array([[100 * (p.difference - p.ci95[0]), 100 * (p.ci95[1] - p.difference)] for p in mine]).T
+        ax.bar(x, diff, yerr=err, capsize=4, color=[f"C{j + 1}" for j in range(len(mine))])
+        ax.axhline(0, color="black", linewidth=0.8)
+        for xi, p in zip(x, mine):
+            ax.annotate(f"p = {p.p_value:.2g}", (xi, 100 * p.ci95[1]), ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(x, [p.run for p in mine], rotation=20, ha="right")
+        ax.set_ylabel(f"accuracy − {base} (points)")
+        ax.set_title(name, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)

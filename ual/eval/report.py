@@ -3,6 +3,11 @@ smoothing strategy and mean epsilon (from ``ual_smoothing.json``), so SFT / LS /
 
 Found under a run directory (at any depth): every ``results.json`` written by ``ual eval`` and, next to
 an AlpacaEval ``model_outputs.json``, any ``leaderboard.csv`` the ``alpaca_eval`` judge wrote.
+
+Is a difference real? Accuracies of runs evaluated on the same problems are also compared pair by pair with the
+first run given: the exact McNemar test on the problems one run solved and the other did not (a two-sided
+binomial test of those discordant pairs), and the paired difference with a 95% interval. Per-run intervals
+overlap far more often than a paired comparison of the same problems allows.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from scipy.stats import binomtest, norm
 
 from ual.eval import outputs, plots
 from ual.errors import UsageError
@@ -52,6 +59,41 @@ class Run:
     strategy: str | None = None
     smoothing_mean: float | None = None
     metrics: dict[str, Metric] = field(default_factory=dict)
+    # per accuracy eval: ((index, question), correct) of every problem, from its samples.jsonl
+    answers: dict[str, list[tuple[tuple, bool]]] = field(default_factory=dict)
+
+
+@dataclass
+class Paired:
+    """One run against the baseline run on the same problems."""
+
+    eval_name: str
+    run: str
+    n: int
+    gained: int  # solved by the run, not by the baseline
+    lost: int  # solved by the baseline, not by the run
+    difference: float  # (gained - lost) / n
+    ci95: tuple[float, float]
+    p_value: float
+
+    def cell(self) -> str:
+        lo, hi = self.ci95
+        return (f"{100 * self.difference:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}], p = {self.p_value:.3g} "
+                f"(+{self.gained}/−{self.lost})")
+
+
+def paired_comparison(base: list[tuple[tuple, bool]], other: list[tuple[tuple, bool]]) -> tuple | None:
+    """(n, gained, lost, difference, ci95, p): exact McNemar (a two-sided binomial test of the discordant pairs at
+    1/2) and the Wald interval of a paired difference of proportions (Agresti); None if not the same problems."""
+    if [item for item, _ in base] != [item for item, _ in other] or not base:
+        return None
+    n = len(base)
+    gained = sum(1 for (_, a), (_, b) in zip(base, other) if b and not a)
+    lost = sum(1 for (_, a), (_, b) in zip(base, other) if a and not b)
+    difference = (gained - lost) / n
+    half = norm.ppf(0.975) * math.sqrt(max(gained + lost - (gained - lost) ** 2 / n, 0.0)) / n
+    p_value = binomtest(gained, gained + lost, 0.5).pvalue if gained + lost else 1.0
+    return n, gained, lost, difference, (difference - half, difference + half), float(p_value)
 
 
 def _num(v: float) -> str:
@@ -69,12 +111,13 @@ def read_smoothing(run_dir: Path) -> tuple[str | None, float | None]:
     strategy = settings.get("smoothing_strategy")
     if strategy == "none":
         return strategy, 0.0
-    overall = (info.get("statistics") or {}).get("overall") or ""
-    m = re.search(r"mean=([-+0-9.eE]+)", overall)
-    if m:
-        return strategy, float(m.group(1))
-    mean = settings.get("smoothing_mean")
-    return strategy, float(mean) if mean is not None else None
+    # what training applied, after tokenisation: per sample or per token, as its loss_normalization weighs them
+    applied = info.get("applied") or {}
+    key = "sample_mean" if settings.get("loss_normalization") == "sample" else "token_mean"
+    for value in (applied.get(key), (info.get("statistics") or {}).get("mean"), settings.get("smoothing_mean")):
+        if isinstance(value, (int, float)):
+            return strategy, float(value)
+    return strategy, None
 
 
 def _metrics_of(results: dict) -> dict[str, Metric]:
@@ -117,8 +160,9 @@ def _leaderboard_metrics(path: Path, generator: str | None) -> dict[str, Metric]
     return out
 
 
-def find_metrics(run_dir: Path) -> dict[str, Metric]:
-    """Every metric under ``run_dir``, named ``<eval name> <metric>``."""
+def find_metrics(run_dir: Path, answers: dict | None = None) -> dict[str, Metric]:
+    """Every metric under ``run_dir``, named ``<eval name> <metric>``; with ``answers``, also each accuracy eval's
+    per-problem outcomes under its eval name."""
     found: dict[str, Metric] = {}
     for results_path in sorted(run_dir.rglob(outputs.RESULTS)):
         if any(part.startswith(".") for part in results_path.relative_to(run_dir).parts):
@@ -142,6 +186,10 @@ def find_metrics(run_dir: Path) -> dict[str, Metric]:
         key_name = name if not any(k.startswith(f"{name} ") for k in found) else f"{name} ({rel})"
         for k, m in metrics.items():
             found[f"{key_name} {k}"] = m
+        samples_path = results_path.parent / outputs.SAMPLES
+        if answers is not None and "accuracy" in metrics and samples_path.exists():
+            rows = [json.loads(line) for line in samples_path.read_text().splitlines() if line.strip()]
+            answers[key_name] = [((r.get("index"), r.get("question")), bool(r.get("correct"))) for r in rows]
     return found
 
 
@@ -152,7 +200,8 @@ def collect(run_dirs: list[str | Path]) -> list[Run]:
         if not path.is_dir():
             raise UsageError(f"run directory {str(d)!r}: no such directory")
         strategy, mean = read_smoothing(path)
-        runs.append(Run(path, path.resolve().name, strategy, mean, find_metrics(path)))
+        answers: dict = {}
+        runs.append(Run(path, path.resolve().name, strategy, mean, find_metrics(path, answers), answers))
     names = [r.label for r in runs]
     if len(set(names)) != len(names):  # same folder name in different places: use the given paths
         for r, d in zip(runs, run_dirs):
@@ -186,6 +235,41 @@ def markdown_table(runs: list[Run], cols: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_with_first(runs: list[Run]) -> list[Paired]:
+    """Every later run against the first one, on each accuracy eval both ran on the same problems."""
+    base, pairs = runs[0], []
+    for r in runs[1:]:
+        for name, outcomes in r.answers.items():
+            if name not in base.answers:
+                continue
+            result = paired_comparison(base.answers[name], outcomes)
+            if result is None:
+                print(f"warning: {name}: {r.label} and {base.label} were not evaluated on the same problems; no paired "
+                      "comparison", file=sys.stderr)
+                continue
+            pairs.append(Paired(name, r.label, *result))
+    return pairs
+
+
+def paired_table(base: str, pairs: list[Paired]) -> str:
+    evals = sorted({p.eval_name for p in pairs})
+    runs = list(dict.fromkeys(p.run for p in pairs))
+    cells = {(p.run, p.eval_name): p.cell() for p in pairs}
+    lines = [f"Paired with {base} on the same problems: accuracy difference in points [95% interval], exact McNemar "
+             "p-value (problems gained/lost):", "",
+             "| run | " + " | ".join(evals) + " |", "|---|" + "---:|" * len(evals)]
+    lines += [f"| {r} | " + " | ".join(cells.get((r, e), "—") for e in evals) + " |" for r in runs]
+    return "\n".join(lines) + "\n"
+
+
+def write_paired_csv(path: Path, base: str, pairs: list[Paired]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["baseline", "run", "eval", "n", "gained", "lost", "difference", "ci95_low", "ci95_high", "p_value"])
+        for p in pairs:
+            w.writerow([base, p.run, p.eval_name, p.n, p.gained, p.lost, p.difference, *p.ci95, p.p_value])
+
+
 def write_csv(path: Path, runs: list[Run]) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -205,10 +289,16 @@ def run(run_dirs: list[str], *, output_dir: str | None = None, overwrite: bool =
     runs = collect(run_dirs)
     cols = columns(runs, all_metrics)
     table = markdown_table(runs, cols)
+    pairs = paired_with_first(runs)
+    if pairs:
+        table += "\n" + paired_table(runs[0].label, pairs)
     if output_dir:
         with outputs.AtomicDir(output_dir, overwrite) as tmp:
             (tmp / "report.md").write_text(table, encoding="utf-8")
             write_csv(tmp / "report.csv", runs)
+            if pairs:
+                write_paired_csv(tmp / "paired.csv", runs[0].label, pairs)
+                plots.paired_differences(runs[0].label, pairs, tmp / "paired.png")
             bars = {
                 c: [
                     (r.metrics[c].value * (100 if r.metrics[c].percent else 1), tuple(x * (100 if r.metrics[c].percent else 1) for x in r.metrics[c].ci95) if r.metrics[c].ci95 else None)
