@@ -221,3 +221,12 @@ def test_metamath_testset_needs_enough_rows(tmp_path, capsys):
     assert main(["testset", "metamath", str(src), "--output", str(tmp_path / "t.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "has 50 rows" in err and "last 1,030" in err and not (tmp_path / "t.jsonl").exists()
+
+
+def test_vllm_lora_rank_is_rounded_up_to_a_rank_vllm_accepts():
+    from ual.errors import UsageError
+    from ual.eval.generate import vllm_lora_rank
+
+    assert [vllm_lora_rank(r) for r in (1, 8, 12, 16, 17, 300, 512)] == [8, 8, 16, 16, 32, 320, 512]
+    with pytest.raises(UsageError, match="above the largest"):
+        vllm_lora_rank(1024)

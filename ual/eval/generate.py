@@ -174,6 +174,19 @@ def generate_transformers(model, tokenizer, prompts: list[str], settings: Genera
     return results  # type: ignore[return-value]
 
 
+# The max_lora_rank values vLLM accepts (its LoRAConfig refuses any other, e.g. 12).
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest rank vLLM accepts that holds an adapter of rank ``rank``."""
+    for allowed in VLLM_LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise UsageError(f"the adapter's LoRA rank {rank} is above the largest vLLM serves ({VLLM_LORA_RANKS[-1]}); "
+                     "use --backend transformers")
+
+
 def generate_vllm(spec, tokenizer, prompts: list[str], settings: GenerationSettings, *, dtype: str = "auto", raw: bool = False) -> list[Generation]:
     """The same records from vLLM. UNTESTED in this repository (vLLM cannot be installed on its CPU-only
     machines); kept to the documented vLLM API: ``LLM.generate`` on token-id prompts, ``LoRARequest`` for
@@ -189,7 +202,7 @@ def generate_vllm(spec, tokenizer, prompts: list[str], settings: GenerationSetti
         from vllm.lora.request import LoRARequest
 
         rank = json.loads((Path(spec.adapter) / "adapter_config.json").read_text()).get("r", 16)
-        kwargs = {"enable_lora": True, "max_lora_rank": max(8, int(rank))}
+        kwargs = {"enable_lora": True, "max_lora_rank": vllm_lora_rank(int(rank))}
         lora = LoRARequest("adapter", 1, str(spec.adapter))
     llm = LLM(model=spec.model, tokenizer=getattr(tokenizer, "name_or_path", None) or spec.model, dtype=dtype, seed=settings.seed, **kwargs)
     params = SamplingParams(
