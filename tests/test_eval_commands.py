@@ -143,9 +143,27 @@ def test_missing_model_path(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_adapter_passed_as_model_is_explained(lora_adapter, tmp_path, capsys):
-    err = run_bad(capsys, ["eval", "gsm8k", "--model", str(lora_adapter), "--output-dir", str(tmp_path / "o")])
-    assert "no config.json" in err and "--adapter" in err
+def test_an_adapter_folder_alone_is_evaluated_on_the_base_it_names(lora_adapter, tmp_path, tiny_model_path):
+    alone, explicit = tmp_path / "alone", tmp_path / "explicit"
+    assert main(["eval", "gsm8k", "--model", str(lora_adapter), "--limit", "2", "--output-dir", str(alone), *FAST]) == 0
+    assert main(["eval", "gsm8k", "--model", tiny_model_path, "--adapter", str(lora_adapter), "--limit", "2",
+                 "--output-dir", str(explicit), *FAST]) == 0
+    settings = json.loads((alone / "settings.json").read_text())
+    assert settings["model"] == json.loads((explicit / "settings.json").read_text())["model"]  # base and adapter
+    outputs = [[s["output"] for s in read_jsonl(d / "samples.jsonl")] for d in (alone, explicit)]
+    assert outputs[0] == outputs[1]  # greedy: the same weights give the same answers
+
+
+def test_an_adapter_naming_no_base_is_explained(lora_adapter, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(lora_adapter, broken)
+    cfg = json.loads((broken / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = None
+    (broken / "adapter_config.json").write_text(json.dumps(cfg))
+    err = run_bad(capsys, ["eval", "gsm8k", "--model", str(broken), "--output-dir", str(tmp_path / "o")])
+    assert "names no base model" in err and "--adapter" in err
 
 
 def test_adapter_of_another_base_model(tmp_path, tiny_model_path, capsys):

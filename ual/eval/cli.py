@@ -197,7 +197,7 @@ def _eval(args, argv: list[str]) -> int:
 
     settings = generation_settings(args)
     opts = EvalOptions(
-        spec=ModelSpec(args.model, args.adapter), generation=settings, output_dir=args.output_dir,
+        spec=ModelSpec.of(args.model, args.adapter), generation=settings, output_dir=args.output_dir,
         overwrite=args.overwrite, limit=args.limit, chat_template=args.chat_template, dtype=args.dtype,
         device=args.device, backend=args.backend, progress=not args.no_progress, command=["ual", *argv],
         protocol=args.protocol,

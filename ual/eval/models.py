@@ -30,6 +30,19 @@ class ModelSpec:
         return f"{base}+{Path(self.adapter.rstrip('/')).name}" if self.adapter else base
 
     @classmethod
+    def of(cls, model: str, adapter: str | None = None, name: str | None = None) -> "ModelSpec":
+        """The spec for ``--model`` (and ``--adapter``). A ``--model`` folder that holds a PEFT adapter and no model
+        is that adapter on the base its ``adapter_config.json`` names, as PEFT loads it."""
+        folder = Path(model).expanduser()
+        if adapter is None and (folder / "adapter_config.json").exists() and not (folder / "config.json").exists():
+            base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            if not base:
+                raise UsageError(f"--model {model!r} holds a PEFT adapter whose adapter_config.json names no base "
+                                 "model; pass the base as --model and this folder as --adapter")
+            return cls(base, model, name)
+        return cls(model, adapter, name)
+
+    @classmethod
     def parse(cls, text: str) -> "ModelSpec":
         """``[NAME=]PATH[:ADAPTER]``, as ``ual analyze clustering --model`` takes it. A PATH that exists as
         written is never split at a colon."""
@@ -39,7 +52,7 @@ class ModelSpec:
             if not name:
                 raise UsageError(f"--model {text!r}: empty NAME before '='")
         if Path(text).expanduser().exists() or ":" not in text:
-            return cls(text, None, name)
+            return cls.of(text, None, name)
         model, adapter = text.rsplit(":", 1)
         if not model or not adapter:
             raise UsageError(f"--model {text!r}: expected [NAME=]PATH[:ADAPTER]")
@@ -51,7 +64,7 @@ def check_model_path(path: str, flag: str = "--model") -> None:
     p = Path(path).expanduser()
     if p.is_dir():
         if not (p / "config.json").exists():
-            hint = " (it holds a PEFT adapter: pass it as --adapter with its base model)" if (
+            hint = " (it holds a PEFT adapter: pass it alone as --model, or as --adapter with its base model)" if (
                 p / "adapter_config.json"
             ).exists() else ""
             raise UsageError(f"{flag} {path!r} is not a model directory: no config.json{hint}")
