@@ -326,7 +326,9 @@ def main(argv: list[str] | None = None) -> UALTrainer:
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
     trainer.save_model(training_args.output_dir)
-    logger.info("saved model, tokenizer and %s to %s", "ual_smoothing.json", training_args.output_dir)
+    trainer.create_model_card(model_name=os.path.basename(os.path.normpath(training_args.output_dir)))
+    logger.info("saved model, tokenizer, model card (README.md) and %s to %s", "ual_smoothing.json",
+                training_args.output_dir)
     trainer.accelerator.wait_for_everyone()
     trainer.end()
     return trainer

@@ -210,6 +210,17 @@ class UALTrainer(SFTTrainer):
 
     _tag_names = ["trl", "sft", "ual"]
     _name = "UAL"
+    _paper = {  # TRL's card template links and cites it
+        "title": "Uncertainty Aware Learning for Language Model Alignment",
+        "id": "2406.04854",
+        "citation": """@inproceedings{wang2024uncertainty,
+    title     = {{Uncertainty Aware Learning for Language Model Alignment}},
+    author    = {Yikun Wang and Rui Zheng and Liang Ding and Qi Zhang and Dahua Lin and Dacheng Tao},
+    booktitle = {Proceedings of the 62nd Annual Meeting of the Association for Computational Linguistics},
+    pages     = {11087--11099},
+    year      = 2024
+}""",
+    }
 
     def __init__(self, model, args: UALConfig | None = None, data_collator=None, train_dataset=None,
                  eval_dataset=None, processing_class=None, **kwargs):
@@ -464,6 +475,45 @@ class UALTrainer(SFTTrainer):
             n = int(torch.unique(sample_ids(batch)[:, 1:][trained]).numel())
             stand_ins.append({"labels": torch.tensor([[-100] + [0] * n])})
         return super()._get_num_items_in_batch(stand_ins, device)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's card (it links and cites the paper through ``_paper``), plus what a reader needs to judge a UAL
+        model: the smoothing settings, the fitted mapping, the mean eps per source and what training applied."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        path = os.path.join(self.args.output_dir, "README.md")
+        if not self.is_world_process_zero() or not os.path.isfile(path):
+            return
+        text = Path(path).read_text(encoding="utf-8")
+        base = getattr(self.model.config, "_name_or_path", None) or "a local model"
+        text = text.replace("[None](https://huggingface.co/None)", f"`{base}` (a local model)")
+        marker = "### Framework versions"
+        section = self._smoothing_card()
+        text = text.replace(marker, section + marker, 1) if marker in text else text + "\n" + section
+        write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+    def _smoothing_card(self) -> str:
+        lines = ["### Uncertainty-aware smoothing", "",
+                 "Each training sample had its own label smoothing ε, from its uncertainty score "
+                 "(`ual_smoothing.json` beside the weights holds all of this as numbers).", "",
+                 "| setting | value |", "|---|---|"]
+        lines += [f"| `{key}` | {value} |" for key, value in self.args.smoothing_settings().items()]
+        if self.smoothing_report is not None:
+            mapping = ", ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}"
+                                for k, v in self.smoothing_report.mapping.items())
+            lines += ["", f"Fitted mapping: {mapping}.", f"ε over the training samples: {self.smoothing_report.overall}."]
+            if self.smoothing_report.per_source:
+                lines += ["", "| source | rows | mean ε | min ε | max ε | mean uncertainty |", "|---|---:|---:|---:|---:|---:|"]
+                for source, st in self.smoothing_report.per_source.items():
+                    u = st.get("uncertainty_mean")
+                    lines.append(f"| {source} | {st['rows']} | {st['smoothing_mean']:.4f} | {st['smoothing_min']:.4f} | "
+                                 f"{st['smoothing_max']:.4f} | {'—' if u is None else f'{u:.1f}'} |")
+        if self.applied_smoothing:
+            a = self.applied_smoothing
+            lines += ["", f"Applied in training (after tokenisation): mean ε {a['sample_mean']:.4f} per sample and "
+                          f"{a['token_mean']:.4f} per trained token over {a['samples']} samples and {a['tokens']} "
+                          f"tokens; `loss_normalization: {self.args.loss_normalization}` weighs the "
+                          f"{'first' if self.args.loss_normalization == 'sample' else 'second'}."]
+        return "\n".join(lines) + "\n\n"
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
