@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
+from transformers import TrainerCallback
 from transformers.utils import ModelOutput
 from trl import SFTTrainer, pack_dataset
 from trl.trainer.utils import maybe_gather_lm_head_ctx
@@ -170,6 +171,20 @@ def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compile
     model.forward = types.MethodType(forward, model)
 
 
+class _LogSmoothingOnce(TrainerCallback):
+    """At the start of training, the fitted mapping and the mean eps (overall, per source, applied) go to every
+    tracker of ``report_to`` as ``ual/...`` values, so runs can be compared there; the settings travel in the
+    arguments every tracker records."""
+
+    def __init__(self, trainer: "UALTrainer"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        values = self.trainer.smoothing_summary()
+        if values:
+            self.trainer.log(values)
+
+
 def _as_ual_config(args):
     """A ``TrainingArguments`` (or ``SFTConfig``) becomes a ``UALConfig`` with the same values and the smoothing
     defaults, as SFTTrainer turns a ``TrainingArguments`` into an ``SFTConfig``."""
@@ -290,6 +305,22 @@ class UALTrainer(SFTTrainer):
                     "compiled (torch.compile)" if loss_compile else "eager", args.device)
         if self.smoothing_report is not None:
             self._check_ranks_agree(*fitted_on)
+        self.add_callback(_LogSmoothingOnce(self))
+
+    def smoothing_summary(self) -> dict[str, float]:
+        """The mapping and the mean eps as flat numbers (``ual/...``), for trackers."""
+        values = {}
+        if self.smoothing_report is not None:
+            values.update({f"ual/mapping/{k}": float(v) for k, v in self.smoothing_report.mapping.items()
+                           if isinstance(v, (int, float))})
+            if self.smoothing_report.mean is not None:
+                values["ual/eps_mean"] = float(self.smoothing_report.mean)
+            for source, st in self.smoothing_report.per_source.items():
+                values[f"ual/source/{source}/eps_mean"] = float(st["smoothing_mean"])
+        if self.applied_smoothing:
+            values["ual/applied/sample_mean"] = float(self.applied_smoothing["sample_mean"])
+            values["ual/applied/token_mean"] = float(self.applied_smoothing["token_mean"])
+        return values
 
     def _check_ranks_agree(self, n_samples: int, eps_sum: float) -> None:
         """Every rank must have fitted the same mapping on the same samples (it is fitted before sharding)."""
