@@ -1,4 +1,4 @@
-"""What each judge rubric costs on one judge: unreadable replies, re-asks (the reminder), failures and tokens.
+"""What each judge rubric (and structured output) costs on one judge: unreadable replies, re-asks, failures, tokens.
 
     python benchmarks/judge_rubrics.py --base-url http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-7B-Instruct \
         --rubric-file path/to/gpt4_ent_score.py       # -> docs/benchmarks/judge_rubrics_<model>.{json,md}
@@ -22,12 +22,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def run_rubric(rubric: str, rows_file: Path, args, work: Path) -> dict:
+def run_rubric(rubric: str, rows_file: Path, args, work: Path, response_format: str = "text") -> dict:
     from ual.score.cli import main as score
 
-    out = work / f"{rubric}.jsonl"
+    out = work / f"{rubric}-{response_format}.jsonl"
     argv = [str(rows_file), "-o", str(out), "--model", args.model, "--base-url", args.base_url, "--rubric", rubric,
-            "--allow-failures", "--no-progress", "--concurrency", str(args.concurrency)]
+            "--allow-failures", "--no-progress", "--concurrency", str(args.concurrency),
+            "--response-format", response_format]
     if rubric == "paper":
         argv += ["--rubric-file", str(args.rubric_file)]
     code = score(argv)
@@ -71,6 +72,8 @@ def main() -> None:
                         default=sorted((REPO / "data" / "sample").glob("*.jsonl")))
     parser.add_argument("--limit", type=int, default=None, help="rows per file at most")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--response-formats", nargs="+", choices=("text", "json"), default=["text"],
+                        help="also with structured output (json): each rubric once per format")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks")
     args = parser.parse_args()
     rows = []
@@ -87,7 +90,8 @@ def main() -> None:
         rows_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
         result = {"model": args.model, "base_url": args.base_url, "rows": len(rows),
                   "files": [p.name for p in args.files],
-                  "rubrics": {name: run_rubric(name, rows_file, args, Path(tmp)) for name in rubrics}}
+                  "rubrics": {name if fmt == "text" else f"{name}+json": run_rubric(name, rows_file, args, Path(tmp), fmt)
+                              for name in rubrics for fmt in args.response_formats}}
     args.out.mkdir(parents=True, exist_ok=True)
     tag = re.sub(r"[^A-Za-z0-9.]+", "_", args.model).strip("_")
     (args.out / f"judge_rubrics_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")

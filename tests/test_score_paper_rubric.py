@@ -201,3 +201,41 @@ def test_rubric_cost_benchmark_counts_what_the_judge_did(tmp_path, template):
     assert (paper["samples"], paper["requests"], paper["first_reply_unreadable"], paper["failed"]) == (6, 12, 6, 0)
     assert ual["requests"] + paper["requests"] == sent
     assert paper["mean_score"] == 7 and ual["mean_score"] == 55
+
+
+def test_structured_output_sends_the_score_schema_and_cuts_re_asks(tmp_path, template):
+    """--response-format json: the request carries a JSON schema for {"score": 0-99}; a judge that honours it
+    (as OpenAI's structured outputs and vLLM's guided decoding do) answers in that form, read by the same parser."""
+    import subprocess
+    import sys
+
+    from ual.score.rubric import SCORE_SCHEMA
+
+    path = authors_file(tmp_path / "gpt4_ent_score.py", template)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"q{i:03d} task", "completion": "answer"}) + "\n" for i in range(5)))
+    bodies = []
+
+    def judge(req):
+        bodies.append(req.body)
+        if "response_format" in req.body:
+            return reply('{"score": 12}')
+        return reply("Between the 0-39 and 40-69 bands." if len(req.messages) == 1 else "12")
+
+    with JudgeServer(judge) as server:
+        done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "judge_rubrics.py"), "--base-url", server.url,
+                               "--model", "m", "--rubric-file", str(path), "--files", str(rows), "--response-formats",
+                               "text", "json", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "out" / "judge_rubrics_m.json").read_text())["rubrics"]
+    assert result["paper"]["first_reply_unreadable"] == 5 and result["paper+json"]["first_reply_unreadable"] == 0
+    assert result["paper+json"]["requests"] == 5 and result["paper+json"]["mean_score"] == 12
+    assert [b["response_format"] for b in bodies if "response_format" in b] == [SCORE_SCHEMA] * 10  # ual + paper
+
+
+def test_structured_output_needs_an_openai_compatible_judge(tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps(ROWS[0]) + "\n")
+    assert main([str(src), "-o", str(tmp_path / "o.jsonl"), "--judge", "prior", "--response-format", "json"]) == 2
+    assert "--judge prior has none" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from ual.errors import UsageError
 from ual.files import OutputLock, remove_stale_temps, same_file, write_atomic
 from ual.score.cache import CacheWriter, read_cache, repair_cache
 from ual.score.redact import Redactor
-from ual.score.rubric import RUBRICS, Rubric, TemplateError, load_rubric, render_sample
+from ual.score.rubric import RUBRICS, SCORE_SCHEMA, Rubric, TemplateError, load_rubric, render_sample
 from ual.score.runner import PROVENANCE_COLUMNS, Outcome, SampleError, assemble, plan_samples
 from ual.score.summary import RunStats, format_summary, plot_histograms
 
@@ -57,6 +57,9 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     j.add_argument("--temperature", type=float, default=None, help="sampling temperature sent to the judge (default: 0)")
     j.add_argument("--top-p", type=float, default=None,
                    help="nucleus sampling top_p sent to the judge (default: not sent; --rubric paper: 0.9)")
+    j.add_argument("--response-format", choices=("text", "json"), default="text",
+                   help="json: ask an OpenAI-compatible judge for {\"score\": N} through a JSON schema (structured "
+                        "outputs; vLLM's guided decoding), read by the same parser (default: text)")
     j.add_argument("--max-tokens", type=int, default=None,
                    help="reply length limit (openai: not sent unless given, --rubric paper: 4096; hf: default 16 "
                         "new tokens)")
@@ -116,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_args(args) -> None:
+    if args.response_format == "json" and args.judge != "openai":
+        raise UsageError(f"--response-format json asks an OpenAI-compatible server for structured output; --judge "
+                         f"{args.judge} has none")
     for name in ("concurrency", "batch_size", "max_length"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -230,7 +236,8 @@ def _request_settings(args) -> dict:
         return {"max_new_tokens": args.max_tokens or 16}  # greedy: no temperature or top_p
     if args.judge != "openai":
         return {}
-    return {name: getattr(args, name) for name in ("temperature", "top_p", "max_tokens") if getattr(args, name) is not None}
+    sent = {name: getattr(args, name) for name in ("temperature", "top_p", "max_tokens") if getattr(args, name) is not None}
+    return {**sent, **({"response_format": "json"} if args.response_format == "json" else {})}
 
 
 def _resolve_formats(fmt: str, rows: list[dict], where: str) -> list[str]:
@@ -340,6 +347,7 @@ async def _ask_openai(args, model, api_key, todo, on_outcome) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
         max_tokens=args.max_tokens,
+        response_format=SCORE_SCHEMA if args.response_format == "json" else None,
     )
     try:
         await run_async_judge(judge, todo, on_outcome, args.concurrency)

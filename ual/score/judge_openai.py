@@ -67,6 +67,7 @@ class OpenAIJudge:
         temperature: float | None = 0.0,
         top_p: float | None = None,
         max_tokens: int | None = None,
+        response_format: dict | None = None,
     ):
         from openai import AsyncOpenAI
 
@@ -78,6 +79,7 @@ class OpenAIJudge:
         self.temperature = temperature
         self.top_p = top_p
         self.max_tokens = max_tokens
+        self.response_format = response_format
         self.redact = Redactor(api_key)
         self.retries = 0  # transient errors retried, for the summary
         self.consecutive_failures = 0
@@ -97,6 +99,8 @@ class OpenAIJudge:
             params["top_p"] = self.top_p
         if self.max_tokens is not None:
             params["max_tokens"] = self.max_tokens
+        if self.response_format is not None:
+            params["response_format"] = self.response_format
         attempt = 0
         while True:
             await self.pacer.wait_turn()

@@ -45,6 +45,22 @@ Rate the task as a whole, not the quality of the answer given.
 
 Reply with the number only."""
 
+# `--response-format json`: the reply must be {"score": <whole number 0-99>}. OpenAI's structured outputs and vLLM's
+# guided decoding both take this JSON schema; the usual parser still reads the reply (it accepts that object).
+SCORE_SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "uncertainty_score",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {"score": {"type": "integer", "minimum": 0, "maximum": 99}},
+            "required": ["score"],
+            "additionalProperties": False,
+        },
+    },
+}
+
 # Appended (as a new user turn) once when a reply could not be read as a score.
 REMINDER = "Please answer with a single whole number from 0 to 99 and nothing else."
 

@@ -72,7 +72,8 @@ def smoothing_line(scores, target_mean: float) -> str:
 
 
 def _settings(request: dict) -> str:
-    return ", ".join(f"{name} {value:g}" for name, value in request.items())
+    return ", ".join(f"{name} {value:g}" if isinstance(value, (int, float)) else f"{name} {value}"
+                     for name, value in request.items())
 
 
 def format_summary(stats: RunStats, scores, sources, target_mean: float, failures=(), failures_path=None) -> str:
