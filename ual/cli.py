@@ -20,6 +20,7 @@ commands:
   analyze clustering --model A --model B [...]
                                         the paper's token-clustering analysis (silhouettes, plots)
   report RUN_DIR [RUN_DIR ...]          one table of every run's eval results and smoothing
+  merge ADAPTER_DIR --output DIR        fold a LoRA run's adapter into its base model (tokenizer, card, smoothing kept)
   testset metamath METAMATHQA --output FILE [--train FILE]
                                         the authors' MetaMath test set, and its overlap with your training data
 
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         from ual.eval.cli import main as evaluate
 
         return evaluate(argv)
+    if command == "merge":
+        from ual.merge import main as merge
+
+        return merge(rest)
     if command == "score":
         from ual.score.cli import main as score
 
