@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, CohereConfig, Gemm
 from trl import SFTConfig, SFTTrainer
 
 from conftest import cpu_config
-from test_trainer import _grads, raw_rows, trl_dataset
+from test_trainer import assert_matches_sft, loss_and_grads, paper_loss_from_logits, raw_rows, trl_dataset
 from ual.data import TOKEN_SMOOTHING
 from ual.trainer import UALTrainer, logit_scale_of
 
@@ -53,34 +53,18 @@ def test_scaled_logits_match_sft_trainer_and_a_float64_reference(tmp_path, tiny_
                                                 per_device_train_batch_size=6, save_strategy="no"),
                      train_dataset=trl_dataset(rows, columns=()))
     batch = next(iter(ual.get_train_dataloader()))
-    losses, grads = [], []
-    for trainer, inputs in ((ual, dict(batch)), (sft, {k: v for k, v in batch.items() if k != TOKEN_SMOOTHING})):
-        trainer.model.train()
-        trainer.model.zero_grad()
-        loss = trainer.compute_loss(trainer.model, inputs)
-        loss.backward()
-        losses.append(loss.detach())
-        grads.append(_grads(trainer.model))
-    # the float32 error analysis of tests/test_trainer.py: 1e-5 of each tensor's scale
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=0.0)
-    for name in grads[0]:
-        scale = grads[1][name].abs().max().item()
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=0.0, atol=1e-5 * max(scale, 1e-30), msg=name)
+    losses, grads = loss_and_grads(ual, sft, batch)
+    assert_matches_sft(losses, grads)  # the float32 error analysis of tests/test_trainer.py
 
     # eps > 0: the per-token loss against one computed in float64 from the model's own (scaled) logits
     eps = 0.2
     model = ual.model.eval()
     inputs = {k: v for k, v in batch.items() if k not in (TOKEN_SMOOTHING, "labels")}
     with torch.no_grad():
-        logits = model(**inputs).logits[:, :-1].double()
+        logits = model(**inputs).logits[:, :-1]
         out = model(**inputs, labels=batch["labels"], ual_smoothing=torch.full_like(batch[TOKEN_SMOOTHING], eps),
                     ual_sample_ids=torch.zeros_like(batch["labels"]))
-    labels = batch["labels"][:, 1:]
-    mask = labels != -100
-    logp = logits.log_softmax(-1)[mask]
-    gold = logp.gather(1, labels[mask][:, None])[:, 0]
-    vocab = logp.shape[1]
-    want = -(1 - eps) * gold - eps / (vocab - 1) * (logp.sum(1) - gold)  # the paper convention
+    want = paper_loss_from_logits(logits, batch["labels"], eps)
     # float32 head vs float64: a loss near ln V ~ 7 summed over V ~ 1000 float32 terms differs by about
     # sqrt(V) * 6e-8 * 7 ~ 1e-5 at most; a missing scale factor changes it by 10 % or more
     torch.testing.assert_close(out.per_token_loss.double(), want, rtol=2e-5, atol=2e-5)

@@ -13,8 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GptOssConfig, Qwen
 from trl import SFTConfig, SFTTrainer
 
 from conftest import cpu_config
-from test_trainer import _grads, raw_rows, trl_dataset
-from ual.data import TOKEN_SMOOTHING
+from test_trainer import assert_matches_sft, loss_and_grads, raw_rows, trl_dataset
 from ual.trainer import UALTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,22 +55,11 @@ def test_router_loss_is_added_as_sft_trainer_adds_it(tmp_path, moe_model, coef):
     sft = SFTTrainer(model=moe_model, args=sft_args, train_dataset=trl_dataset(rows, columns=()))
     assert ual.aux_loss_enabled == sft.aux_loss_enabled == (coef != 0)
     batch = next(iter(ual.get_train_dataloader()))
-    losses, grads = [], []
-    for trainer, inputs in ((ual, dict(batch)), (sft, {k: v for k, v in batch.items() if k != TOKEN_SMOOTHING})):
-        trainer.model.train()
-        trainer.model.zero_grad()
+    for trainer in (ual, sft):
         trainer.current_gradient_accumulation_steps = 2
-        loss = trainer.compute_loss(trainer.model, inputs, num_items_in_batch=40)
-        loss.backward()
-        losses.append(loss.detach())
-        grads.append(_grads(trainer.model))
-    # the same float32 error analysis as the dense parity test (tests/test_trainer.py): 1e-5 of each tensor's scale
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=0.0)
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    losses, grads = loss_and_grads(ual, sft, batch, num_items_in_batch=40)
+    assert_matches_sft(losses, grads)  # the float32 error analysis of the dense parity test (tests/test_trainer.py)
     router = [n for n in grads[0] if "router" in n or ".gate." in n or n.endswith("gate.weight")]
-    for name in grads[0]:
-        scale = grads[1][name].abs().max().item()
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=0.0, atol=1e-5 * max(scale, 1e-30), msg=name)
     assert router, "the test must see the router's parameters"
     if coef:
         assert ual._metrics["train"]["aux_loss"] and ual._metrics["train"]["aux_loss"][-1] == pytest.approx(

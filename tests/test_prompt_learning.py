@@ -8,7 +8,7 @@ from peft import PromptEncoderConfig, PromptTuningConfig
 from trl import SFTConfig, SFTTrainer
 
 from conftest import cpu_config
-from test_trainer import _grads, raw_rows, trl_dataset
+from test_trainer import assert_matches_sft, loss_and_grads, paper_loss_from_logits, raw_rows, trl_dataset
 from ual.data import TOKEN_SMOOTHING
 from ual.trainer import UALTrainer
 
@@ -35,35 +35,20 @@ def test_virtual_tokens_carry_no_smoothing_and_no_loss(tmp_path, tiny_model_path
                      train_dataset=trl_dataset(rows, columns=()), peft_config=peft_config(kind))
     sft.model.prompt_encoder.load_state_dict(ual.model.prompt_encoder.state_dict())  # the same virtual tokens
     batch = next(iter(ual.get_train_dataloader()))
-    losses, grads = [], []
-    for trainer, inputs in ((ual, dict(batch)), (sft, {k: v for k, v in batch.items() if k != TOKEN_SMOOTHING})):
-        trainer.model.train()
-        trainer.model.zero_grad()
-        loss = trainer.compute_loss(trainer.model, inputs)
-        loss.backward()
-        losses.append(loss.detach())
-        grads.append(_grads(trainer.model))
-    # the float32 error analysis of tests/test_trainer.py: 1e-5 of each tensor's scale
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=0.0)
-    assert grads[0].keys() == grads[1].keys() and grads[0], "only the prompt encoder trains"
-    for name in grads[0]:
-        scale = grads[1][name].abs().max().item()
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=0.0, atol=1e-5 * max(scale, 1e-30), msg=name)
+    losses, grads = loss_and_grads(ual, sft, batch)
+    assert grads[0], "only the prompt encoder trains"
+    assert_matches_sft(losses, grads)  # the float32 error analysis of tests/test_trainer.py
 
     # eps > 0 on the real tokens: the float64 loss from the model's own logits, virtual positions dropped
     eps = 0.3
     model = ual.model.eval()
     inputs = {k: v for k, v in batch.items() if k not in (TOKEN_SMOOTHING, "labels")}
     with torch.no_grad():
-        logits = model(**inputs).logits[:, VIRTUAL:-1].double()
+        logits = model(**inputs).logits[:, VIRTUAL:-1]
         out = model(**inputs, labels=batch["labels"], ual_smoothing=torch.full_like(batch[TOKEN_SMOOTHING], eps),
                     ual_sample_ids=torch.zeros_like(batch["labels"]))
-    labels = batch["labels"][:, 1:]
-    mask = labels != -100
-    assert out.label_mask.shape[1] == labels.shape[1] + VIRTUAL and out.label_mask[:, :VIRTUAL].sum() == 0
-    logp = logits.log_softmax(-1)[mask]
-    gold = logp.gather(1, labels[mask][:, None])[:, 0]
-    want = -(1 - eps) * gold - eps / (logp.shape[1] - 1) * (logp.sum(1) - gold)
+    assert out.label_mask.shape[1] == batch["labels"].shape[1] - 1 + VIRTUAL and out.label_mask[:, :VIRTUAL].sum() == 0
+    want = paper_loss_from_logits(logits, batch["labels"], eps)
     # float32 head vs float64: about sqrt(V) * 6e-8 * ln V ~ 1e-5 (tests/test_logit_scaling.py)
     torch.testing.assert_close(out.per_token_loss.double(), want, rtol=2e-5, atol=2e-5)
     assert torch.all(out.smoothing == eps)

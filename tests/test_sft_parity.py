@@ -12,7 +12,7 @@ from peft import LoraConfig
 from trl import SFTConfig, SFTTrainer
 
 from conftest import cpu_config
-from test_trainer import _grads, raw_rows
+from test_trainer import assert_matches_sft, loss_and_grads, raw_rows
 from ual.data import TOKEN_SMOOTHING
 from ual.formats import convert
 from ual.trainer import UALTrainer
@@ -68,18 +68,7 @@ def test_zero_smoothing_matches_sft_trainer(tmp_path, tiny_model_path, case):
         sft.model.load_state_dict(ual.model.state_dict())
     batch = next(iter(ual.get_train_dataloader()))
     assert torch.all(batch[TOKEN_SMOOTHING] == 0)
-    losses, grads = [], []
-    for trainer, inputs in ((ual, dict(batch)), (sft, {k: v for k, v in batch.items() if k != TOKEN_SMOOTHING})):
-        trainer.model.train()
-        trainer.model.zero_grad()
-        loss = trainer.compute_loss(trainer.model, inputs)
-        loss.backward()
-        losses.append(loss.detach())
-        grads.append(_grads(trainer.model))
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=0.0)
-    assert grads[0].keys() == grads[1].keys() and grads[0]
-    for name in grads[0]:
-        scale = grads[1][name].abs().max().item()
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=0.0, atol=1e-5 * max(scale, 1e-30), msg=name)
+    losses, grads = loss_and_grads(ual, sft, batch)
+    assert_matches_sft(losses, grads)
     # the eval loss over the same eval set (each trainer prepares it itself, as SFTTrainer does)
     assert ual.evaluate()["eval_loss"] == pytest.approx(sft.evaluate()["eval_loss"], rel=1e-6)

@@ -323,20 +323,20 @@ class SmoothingReport:
         return {"mapping": self.mapping, "mean": self.mean, "overall": self.overall, "per_source": self.per_source}
 
 
+def _fit(scores, args) -> SmoothingMap:
+    """The mapping the recipe's smoothing keys ask for, fitted on ``scores`` (None: a strategy that reads none)."""
+    return fit_smoothing(scores, args.smoothing_strategy, target_mean=args.smoothing_mean,
+                         smoothing_min=args.smoothing_min, smoothing_max=args.smoothing_max,
+                         uncertainty_range=tuple(args.uncertainty_range))
+
+
 def attach_smoothing(
     dataset: Dataset, args, where: str, fitted: SmoothingMap | None = None
 ) -> tuple[Dataset, SmoothingMap, SmoothingReport]:
     """Add the per-sample eps column. Fits the mapping on ``dataset`` unless ``fitted`` is given (eval data)."""
     scores = read_scores(dataset, args, where)
     if fitted is None:
-        fitted = fit_smoothing(
-            scores,
-            args.smoothing_strategy,
-            target_mean=args.smoothing_mean,
-            smoothing_min=args.smoothing_min,
-            smoothing_max=args.smoothing_max,
-            uncertainty_range=tuple(args.uncertainty_range),
-        )
+        fitted = _fit(scores, args)
     eps = fitted(scores if scores is not None else np.zeros(len(dataset)))
     if SAMPLE_SMOOTHING in dataset.column_names:
         dataset = dataset.remove_columns(SAMPLE_SMOOTHING)
@@ -375,11 +375,7 @@ def attach_smoothing_stream(dataset: IterableDataset, args, where: str, fitted: 
             logger.info("%s is streamed: one pass over its %r column to fit the mapping", where, column)
             values = [row[column] for row in dataset.select_columns([column])]
             scores = check_scores(values, column, where, fill=fill, value_range=value_range)
-        fitted = fit_smoothing(
-            scores if scores is not None else np.asarray([value_range[0]]),  # linear/explicit read no statistic
-            args.smoothing_strategy, target_mean=args.smoothing_mean, smoothing_min=args.smoothing_min,
-            smoothing_max=args.smoothing_max, uncertainty_range=tuple(args.uncertainty_range),
-        )
+        fitted = _fit(scores, args)  # only 'uncertainty' reads the scores
         if scores is not None:
             eps = fitted(scores)
             counted = (int(eps.size), float(eps.sum()))

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if not dry_run:
             if config is not None and num_processes is not None:
                 check_devices(config, int(num_processes))
-            check_before_launch([a for a in cmd[cmd.index("ual.train") + 1:]])
+            check_before_launch(cmd[cmd.index("ual.train") + 1:])
     except UsageError as err:
         if debug_requested():
             raise

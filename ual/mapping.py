@@ -80,15 +80,15 @@ def fit_smoothing(
     if strategy == "explicit":
         return SmoothingMap("explicit", lo=0.0, hi=1.0)
 
-    u = np.asarray(uncertainty, dtype=np.float64)
-    if u.size == 0:
-        raise SmoothingMappingError("no uncertainty scores to fit the smoothing mapping on")
-    if strategy == "linear":
+    if strategy == "linear":  # the declared range, not the scores, fixes the line
         u_lo, u_hi = uncertainty_range
         if not u_hi > u_lo:
             raise SmoothingMappingError(f"uncertainty_range must be increasing, got [{u_lo}, {u_hi}]")
         scale = (smoothing_max - smoothing_min) / (u_hi - u_lo)
         return SmoothingMap("linear", scale=scale, offset=smoothing_min - scale * u_lo, lo=smoothing_min, hi=smoothing_max)
+    u = np.asarray(uncertainty if uncertainty is not None else [], dtype=np.float64)
+    if u.size == 0:
+        raise SmoothingMappingError("no uncertainty scores to fit the smoothing mapping on")
     return _fit_proportional(u, target_mean, smoothing_max)
 
 

@@ -96,10 +96,6 @@ class Rubric:
         """The template with the sample in place (plain replace: templates may contain other braces)."""
         return self.template.replace(self.placeholder, rendered)
 
-    def describe(self) -> str:
-        settings = ", ".join(f"{k} {v:g}" for k, v in self.request.items())
-        return f"{self.name} ({self.version})" + (f"; sends {settings} unless given" if settings else "")
-
 
 def load_rubric(name: str = "ual", *, rubric_file: str | Path | None = None,
                 prompt_template: str | Path | None = None) -> Rubric:
