@@ -12,6 +12,7 @@ Variants (what a user of TRL 1.16 would otherwise run, and the floor):
   d  ual_uniform    the same, uniform convention
   d  ual_*_compiled the same two with compiled=True: torch.compile fuses each chunk's elementwise work
   d  ual_paper_sample  ual_paper with loss_normalization 'sample': each token weighted 1/n_i by the head
+  d  ual_unigram[_compiled]  smoothing toward a Zipf-shaped prior over the vocabulary (smoothing_prior 'unigram')
   e  floor          the three products the head cannot avoid: logits, grad of hidden, grad of weight
 
 Every variant is first checked against a float64 full-logits reference at the benchmark's own size; a variant
@@ -24,6 +25,7 @@ the inputs, the weight and their gradients occupy. Results: JSON + Markdown tabl
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -38,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 VARIANTS = ["trl_fused", "trl_ls", "naive", "ual_paper", "ual_uniform", "ual_paper_compiled", "ual_uniform_compiled",
-            "ual_paper_sample", "floor"]
+            "ual_paper_sample", "ual_unigram", "ual_unigram_compiled", "floor"]
 LS_EPS = 0.1
 
 
@@ -55,6 +57,14 @@ def make_inputs(n, h, v, dtype, device, seed=0):
         eps[i : i + length] = float(torch.rand(1, generator=g)) * 0.3
         i += length
     return hidden, weight, labels, eps.to(device)
+
+
+@functools.lru_cache(maxsize=4)
+def zipf_prior(v, device, seed=0):
+    """A unigram-like distribution over the vocabulary: Zipf weights 1/(rank + 10) over shuffled token ids."""
+    ranks = torch.randperm(v, generator=torch.Generator().manual_seed(seed)).double()
+    weights = 1 / (ranks + 10)
+    return (weights / weights.sum()).to(device)
 
 
 def sample_weights(eps):
@@ -96,9 +106,11 @@ def run_variant(name, hidden, weight, labels, eps, chunk_size=None):
         from ual.loss import smoothed_cross_entropy
 
         weights, samples = sample_weights(eps) if name.endswith("_sample") else (None, n)
+        unigram = name.startswith("ual_unigram")
         out = smoothed_cross_entropy(
-            hidden, weight, labels, eps, convention=name.split("_")[1], chunk_size=chunk_size,
-            compiled=name.endswith("_compiled"), token_weight=weights,
+            hidden, weight, labels, eps, convention="uniform" if unigram else name.split("_")[1],
+            chunk_size=chunk_size, compiled=name.endswith("_compiled"), token_weight=weights,
+            prior=zipf_prior(weight.shape[0], weight.device) if unigram else None,
         )
         loss = out.loss.sum() / samples
     elif name == "floor":
@@ -125,6 +137,8 @@ def reference(name, hidden, weight, labels, eps):
         per = nll
     elif name == "trl_ls":
         per = (1 - LS_EPS) * nll - LS_EPS * logp.mean(-1)
+    elif name.startswith("ual_unigram"):
+        per = (1 - e) * nll - e * (logp @ zipf_prior(vocab, logp.device))
     elif name.startswith("ual_uniform"):
         per = (1 - e) * nll - e * logp.mean(-1)
     else:  # paper convention: naive and ual_paper

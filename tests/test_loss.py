@@ -7,16 +7,19 @@ import torch.nn.functional as F
 from ual.loss import default_chunk_size, smoothed_cross_entropy
 
 
-def reference(hidden, weight, labels, eps, convention, bias=None, scale=1.0, softcap=None):
-    """Full soft-target cross-entropy: -sum_v q_v log softmax(z)_v, with the convention's q; z scaled, then soft-capped
-    at softcap * tanh(z / softcap) as Gemma-2's forward writes it (autograd differentiates through the tanh)."""
+def reference(hidden, weight, labels, eps, convention, bias=None, scale=1.0, softcap=None, prior=None):
+    """Full soft-target cross-entropy: -sum_v q_v log softmax(z)_v, with the convention's q (or (1-eps) onehot +
+    eps * prior); z scaled, then soft-capped at softcap * tanh(z / softcap) as Gemma-2's forward writes it (autograd
+    differentiates through the tanh)."""
     z = (hidden @ weight.t() + (0 if bias is None else bias)) * scale
     if softcap is not None:
         z = softcap * torch.tanh(z / softcap)
     logp = z.log_softmax(-1)
     vocab = weight.shape[0]
     onehot = F.one_hot(labels, vocab).to(z.dtype)
-    if convention == "uniform":
+    if prior is not None:
+        q = (1 - eps)[:, None] * onehot + eps[:, None] * prior[None, :]
+    elif convention == "uniform":
         q = (1 - eps)[:, None] * onehot + eps[:, None] / vocab
     else:
         q = (1 - eps)[:, None] * onehot + (eps[:, None] / (vocab - 1)) * (1 - onehot)
@@ -59,6 +62,48 @@ def test_values_and_gradients_match_full_logits_reference(convention, bias, chun
     torch.testing.assert_close(out.loss, ref, rtol=1e-10, atol=1e-10)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+def make_prior(v=97, seed=3):
+    """A skewed distribution over the vocabulary, like the unigram counts of real targets (Zipf-like, add-one)."""
+    counts = torch.randint(0, 50, (v,), generator=torch.Generator().manual_seed(seed)) ** 2
+    return (counts + 1).to(torch.float64) / (counts.sum() + v)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
+@pytest.mark.parametrize("upstream_kind", ["mean", "per-token", "token-weighted mean"])
+def test_prior_smoothing_matches_full_logits_reference(bias, chunk_size, upstream_kind):
+    """Smoothing toward a prior pi (unigram): target (1-eps) onehot + eps pi, in both backward paths."""
+    hidden, weight, b, labels, eps = make_inputs(bias=bias)
+    prior = make_prior()
+    n = labels.shape[0]
+    g = torch.Generator().manual_seed(11)
+    upstream = torch.full((n,), 1 / n, dtype=torch.float64) if upstream_kind.endswith("mean") else \
+        torch.randn(n, dtype=torch.float64, generator=g)
+    token_weight = 1 / torch.randint(1, 20, (n,), generator=g).to(torch.float64) if "weighted" in upstream_kind else None
+    params = [hidden, weight] + ([b] if bias else [])
+    for convention in ("paper", "uniform"):  # the convention does not apply once a prior is given
+        out = smoothed_cross_entropy(hidden, weight, labels, eps, convention=convention, bias=b, chunk_size=chunk_size,
+                                     token_weight=token_weight, prior=prior)
+        grads = torch.autograd.grad((out.loss * upstream).sum(), params)
+        ref = reference(hidden, weight, labels, eps, None, b, prior=prior) * (1 if token_weight is None else token_weight)
+        ref_grads = torch.autograd.grad((ref * upstream).sum(), params)
+        torch.testing.assert_close(out.loss, ref, rtol=1e-10, atol=1e-10)
+        for got, want in zip(grads, ref_grads):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+def test_uniform_prior_is_the_uniform_convention_and_a_skewed_one_is_not():
+    hidden, weight, _, labels, eps = make_inputs()
+    v = weight.shape[0]
+    uniform = smoothed_cross_entropy(hidden, weight, labels, eps, convention="uniform").loss
+    flat = smoothed_cross_entropy(hidden, weight, labels, eps, prior=torch.full((v,), 1 / v, dtype=torch.float64)).loss
+    skewed = smoothed_cross_entropy(hidden, weight, labels, eps, prior=make_prior()).loss
+    torch.testing.assert_close(flat, uniform, rtol=1e-12, atol=1e-12)
+    assert (skewed - uniform).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="prior must be"):
+        smoothed_cross_entropy(hidden, weight, labels, eps, prior=torch.ones(v + 1) / (v + 1))
 
 
 def test_metrics_match_full_logits():

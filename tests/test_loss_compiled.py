@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch._dynamo.utils
 
-from test_loss import make_inputs, reference
+from test_loss import make_inputs, make_prior, reference
 from ual.loss import smoothed_cross_entropy
 from ual.trainer import resolve_loss_compile
 
@@ -51,6 +51,23 @@ def test_compiled_matches_float64_reference(convention, bias, logit_scale, weigh
     torch.testing.assert_close(out.loss, ref, rtol=1e-10, atol=1e-10)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+def test_compiled_prior_smoothing_matches_float64_reference():
+    """The unigram-prior target through the compiled chunk (forward products) and the eager recompute (per-token)."""
+    hidden, weight, b, labels, eps = make_inputs(bias=True)
+    prior, params = make_prior(), [hidden, weight, b]
+    token_weight = 1 / torch.arange(1, labels.shape[0] + 1, dtype=torch.float64)
+    upstream = torch.randn(labels.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    for up in (torch.full_like(upstream, 1 / len(upstream)), upstream):
+        out = smoothed_cross_entropy(hidden, weight, labels, eps, bias=b, chunk_size=7, compiled=True,
+                                     token_weight=token_weight, prior=prior)
+        grads = torch.autograd.grad((out.loss * up).sum(), params)
+        ref = reference(hidden, weight, labels, eps, None, b, prior=prior) * token_weight
+        ref_grads = torch.autograd.grad((ref * up).sum(), params)
+        torch.testing.assert_close(out.loss, ref, rtol=1e-10, atol=1e-10)
+        for got, want in zip(grads, ref_grads):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
 
 
 def test_compiled_metrics_and_no_grad_forward_match_eager():

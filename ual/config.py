@@ -22,7 +22,9 @@ SMOOTHING_FIELDS = (
     "smoothing_column",
     "missing_uncertainty",
     "loss_normalization",
+    "smoothing_prior",
 )
+PRIORS = ("uniform", "unigram")
 
 
 @dataclass
@@ -67,6 +69,16 @@ class UALConfig(SFTConfig):
             "help": "Soft-target convention. 'paper': 1-eps on the gold token, eps/(V-1) on every other token (the "
             "UAL authors'). 'uniform': eps/V on every token plus 1-eps on the gold one (PyTorch's `label_smoothing`).",
             "choices": list(CONVENTIONS),
+        },
+    )
+    smoothing_prior: str = field(
+        default="uniform",
+        metadata={
+            "help": "Where the smoothed mass eps goes. 'uniform': over the vocabulary, as `smoothing_convention` says "
+            "(the paper's). 'unigram': to pi_v = (c_v + 1) / (N + V), the add-one unigram distribution of the trained "
+            "label tokens of the prepared training set (Pereyra et al. 2017), so the target is (1 - eps) onehot + "
+            "eps pi and `smoothing_convention` does not apply. Not in the paper; an experiment (docs/ground_truth.md).",
+            "choices": list(PRIORS),
         },
     )
     uncertainty_column: str = field(
@@ -137,6 +149,8 @@ class UALConfig(SFTConfig):
                 f"smoothing_convention: unknown value {self.smoothing_convention!r}; choose one of "
                 f"{', '.join(CONVENTIONS)}"
             )
+        if self.smoothing_prior not in PRIORS:
+            raise UsageError(f"smoothing_prior: unknown value {self.smoothing_prior!r}; choose one of {', '.join(PRIORS)}")
         if len(self.uncertainty_range) != 2 or not self.uncertainty_range[0] < self.uncertainty_range[1]:
             raise UsageError(f"uncertainty_range must be [low, high] with low < high, got {self.uncertainty_range}")
         self.uncertainty_range = [float(x) for x in self.uncertainty_range]

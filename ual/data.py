@@ -456,3 +456,17 @@ class SmoothingCollator(DataCollatorForLanguageModeling):
                 "are not aligned"
             )
         return batch
+
+
+def trained_token_counts(dataset, collator, vocab_size: int, batch_size: int = 256) -> torch.Tensor:
+    """How often each token id is a trained label (label != -100 after the causal shift) when ``collator`` batches
+    the prepared ``dataset``: exactly the positions the loss head fits, whatever the masking or packing."""
+    counts = torch.zeros(vocab_size, dtype=torch.int64)
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset.select(range(start, min(start + batch_size, len(dataset)))).to_list()
+        labels = collator(rows)["labels"][:, 1:]
+        trained = labels[labels != -100]
+        if trained.numel() and int(trained.max()) >= vocab_size:
+            raise UsageError(f"label token id {int(trained.max())} is outside the model's vocabulary of {vocab_size}")
+        counts += torch.bincount(trained, minlength=vocab_size)
+    return counts

@@ -1,8 +1,10 @@
 """Per-token label-smoothed cross-entropy from hidden states, chunked, without the [N, V] logits.
 
-loss_t = (1 - eps_t) * NLL_t + eps_t * U_t, where U_t is the cross-entropy against the uniform part:
+loss_t = (1 - eps_t) * NLL_t + eps_t * U_t, where U_t is the cross-entropy against the smoothing distribution:
 - ``uniform`` (PyTorch / transformers' LabelSmoother): eps/V on every entry, U = lse(z) - mean(z);
-- ``paper`` (the UAL authors'): eps/(V-1) on each non-gold entry, U = lse(z) - (sum(z) - z_y)/(V-1).
+- ``paper`` (the UAL authors'): eps/(V-1) on each non-gold entry, U = lse(z) - (sum(z) - z_y)/(V-1);
+- a ``prior`` pi over the vocabulary (e.g. the unigram distribution of the training targets, Pereyra et al.
+  2017) replaces either: eps * pi_v on every entry, U = lse(z) - sum_v pi_v z_v (one extra [chunk, V] @ [V]).
 
 Only trained positions are passed in, a chunk of tokens at a time, so the extra memory is two [chunk, V]
 float32 blocks whatever the sequence length. dL/dz = softmax(z) - target is known as soon as a chunk's
@@ -61,48 +63,62 @@ def _softcap_slope_(z: torch.Tensor, softcap: float) -> torch.Tensor:
     return z.div_(softcap).square_().neg_().add_(1)
 
 
-def _gold_shares(eps: torch.Tensor, vocab: int, convention: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The soft target as (share of every token, extra share of the gold token)."""
+def _gold_shares(eps: torch.Tensor, vocab: int, convention: str, prior: torch.Tensor | None = None):
+    """The soft target as (share of every token: [n], or [n, V] with a prior; extra share of the gold token)."""
+    if prior is not None:
+        return eps[:, None] * prior[None, :], 1 - eps
     off_gold = eps / vocab if convention == "uniform" else eps / (vocab - 1)
     return off_gold, (1 - eps if convention == "uniform" else 1 - eps - off_gold)
 
 
-def _subtract_target_(p: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor, convention: str) -> torch.Tensor:
+def _subtract_target_(p: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor, convention: str,
+                      prior: torch.Tensor | None = None) -> torch.Tensor:
     """softmax [n, V] -> dL/dz = softmax - soft target, in place (eager paths)."""
-    off_gold, at_gold = _gold_shares(eps, p.shape[1], convention)
-    p.sub_(off_gold[:, None])
+    if prior is not None:
+        p.addr_(eps, prior, alpha=-1)  # a rank-one update in place: no second [n, V] block
+        at_gold = 1 - eps
+    else:
+        off_gold, at_gold = _gold_shares(eps, p.shape[1], convention)
+        p.sub_(off_gold[:, None])
     p[torch.arange(p.shape[0], device=p.device), labels] -= at_gold
     return p
 
 
-def _token_terms(z_y, sum_z, z_max, sum_p, pz, eps, vocab: int, convention: str):
-    """Per-token loss, log-sum-exp and entropy from a chunk's row reductions (p = exp(z - z_max), pz = sum p*z)."""
+def _smoothing_mean_logit(z, z_y, sum_z, convention: str, prior: torch.Tensor | None):
+    """sum_v q_v z_v under the smoothing distribution q (uniform, uniform off the gold token, or the prior)."""
+    if prior is not None:
+        return z @ prior
+    vocab = z.shape[1]
+    return sum_z / vocab if convention == "uniform" else (sum_z - z_y) / (vocab - 1)
+
+
+def _token_terms(z_y, q_z, z_max, sum_p, pz, eps):
+    """Per-token loss, log-sum-exp and entropy from a chunk's row reductions (p = exp(z - z_max), pz = sum p*z,
+    q_z = the smoothing distribution's mean logit)."""
     lse = z_max + sum_p.log()
     entropy = lse - pz / sum_p  # -sum softmax * log softmax, with log softmax = z - lse
-    nll = lse - z_y
-    uniform_part = lse - sum_z / vocab if convention == "uniform" else lse - (sum_z - z_y) / (vocab - 1)
-    return (1 - eps) * nll + eps * uniform_part, lse, entropy
+    return (1 - eps) * (lse - z_y) + eps * (lse - q_z), lse, entropy
 
 
 def _chunk_terms(z, labels, eps, weight, convention: str, logit_scale: float, grad_dtype: torch.dtype | None,
-                 softcap: float | None = None):
+                 softcap: float | None = None, prior: torch.Tensor | None = None):
     """One chunk's logits [n, V] -> per-token loss, lse, entropy, is-top-1 and, for a unit upstream gradient of
     the ``weight``-ed loss (None: unweighted), dL/dz in ``grad_dtype`` (None: no gradient wanted). Eager: the only
     [n, V] blocks are the float32 logits and their exponentials, which become dL/dz in place (with a soft cap the
     logits are kept until then: dL/dz carries the cap's slope).
     """
-    vocab = z.shape[1]
     z = z.to(torch.promote_types(z.dtype, torch.float32))
     z_y, sum_z, (z_max, argmax) = z.gather(1, labels[:, None]).squeeze(1), z.sum(-1), z.max(-1)
+    q_z = _smoothing_mean_logit(z, z_y, sum_z, convention, prior)
     p = (z - z_max[:, None]).exp_()
     sum_p = p.sum(-1)
     pz = (p[:, None, :] @ z[:, :, None]).view(-1)  # a batched dot: no third block
     if softcap is None or grad_dtype is None:
         del z
-    loss, lse, entropy = _token_terms(z_y, sum_z, z_max, sum_p, pz, eps, vocab, convention)
+    loss, lse, entropy = _token_terms(z_y, q_z, z_max, sum_p, pz, eps)
     if grad_dtype is None:
         return loss, lse, entropy, argmax == labels, None
-    dz = _subtract_target_(p.div_(sum_p[:, None]), labels, eps, convention)
+    dz = _subtract_target_(p.div_(sum_p[:, None]), labels, eps, convention, prior)
     if softcap is not None:
         dz.mul_(_softcap_slope_(z, softcap))
         del z
@@ -114,7 +130,7 @@ def _chunk_terms(z, labels, eps, weight, convention: str, logit_scale: float, gr
 
 
 def _fused_chunk_terms(z, labels, eps, weight, convention: str, logit_scale: float, grad_dtype: torch.dtype | None,
-                       softcap: float | None = None):
+                       softcap: float | None = None, prior: torch.Tensor | None = None):
     """_chunk_terms written for torch.compile: no in-place ops and no stored exponentials, so the graph is a few
     passes over the logits (the row reductions, then dL/dz) that recompute exp as they go and keep no float32
     block: dL/dz is written once, already in ``grad_dtype``.
@@ -123,12 +139,15 @@ def _fused_chunk_terms(z, labels, eps, weight, convention: str, logit_scale: flo
     z = z.to(torch.promote_types(z.dtype, torch.float32))
     z_y, sum_z, (z_max, argmax) = z.gather(1, labels[:, None]).squeeze(1), z.sum(-1), z.max(-1)
     p = (z - z_max[:, None]).exp()
-    loss, lse, entropy = _token_terms(z_y, sum_z, z_max, p.sum(-1), (p * z).sum(-1), eps, vocab, convention)
+    q_z = _smoothing_mean_logit(z, z_y, sum_z, convention, prior)
+    loss, lse, entropy = _token_terms(z_y, q_z, z_max, p.sum(-1), (p * z).sum(-1), eps)
     if grad_dtype is None:
         return loss, lse, entropy, argmax == labels, None
-    off_gold, at_gold = _gold_shares(eps, vocab, convention)
+    off_gold, at_gold = _gold_shares(eps, vocab, convention, prior)
+    if prior is None:
+        off_gold = off_gold[:, None]
     gold = torch.arange(vocab, device=z.device)[None, :] == labels[:, None]
-    dz = (z - lse[:, None]).exp() - off_gold[:, None] - torch.where(gold, at_gold[:, None], 0.0)
+    dz = (z - lse[:, None]).exp() - off_gold - torch.where(gold, at_gold[:, None], 0.0)
     if softcap is not None:
         dz = dz * (1 - (z / softcap) ** 2)
     scale = logit_scale if weight is None else (weight * logit_scale)[:, None]
@@ -181,7 +200,7 @@ class _GradProducts:
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, smoothing, token_weight, convention, chunk_size, logit_scale,
+    def forward(ctx, hidden, weight, bias, labels, smoothing, token_weight, prior, convention, chunk_size, logit_scale,
                 softcap, precompute, compiled):
         # The products run in autocast's dtype when it is on (bf16 mixed precision over float32 weights), as
         # TRL's head and a plain lm_head would; everything else is cast explicitly, so autocast is then turned off.
@@ -197,6 +216,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
             is_top1 = torch.empty(n_tokens, device=hidden.device, dtype=torch.bool)
             eps = smoothing.to(acc_dtype)
             tw = token_weight.to(acc_dtype) if token_weight is not None else None
+            prior = prior.to(device=hidden.device, dtype=acc_dtype) if prior is not None else None
             grads = _GradProducts(hidden, weight, bias, ctx.needs_input_grad[:3]) if precompute else None
             terms = _compiled_terms if compiled else _chunk_terms
             for s in range(0, n_tokens, chunk_size):
@@ -204,7 +224,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
                 loss[s:e], lse[s:e], entropy[s:e], is_top1[s:e], dz = terms(
                     _logits(hidden[s:e], w, bias, logit_scale, softcap), labels[s:e], eps[s:e],
                     tw[s:e] if tw is not None else None, convention, logit_scale,
-                    compute_dtype if grads is not None else None, softcap,
+                    compute_dtype if grads is not None else None, softcap, prior,
                 )
                 if grads is not None:  # the gradient products for a unit upstream gradient
                     grads.add(dz, s, e, hidden, w)
@@ -213,7 +233,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
                 loss.mul_(tw)
         ctx.save_for_backward(hidden, weight, bias, labels, eps, lse, tw)
         ctx.convention, ctx.chunk_size, ctx.logit_scale, ctx.grads = convention, chunk_size, logit_scale, grads
-        ctx.softcap = softcap
+        ctx.softcap, ctx.prior = softcap, prior
         ctx.compute_dtype = compute_dtype
         ctx.mark_non_differentiable(entropy, is_top1)
         return loss, entropy, is_top1
@@ -229,7 +249,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
                 grads.hidden.mul_(g[:, None].to(grads.hidden.dtype)) if grads.hidden is not None else None,
                 grads.weight.mul_(g0).to(ctx.saved_tensors[1].dtype) if grads.weight is not None else None,
                 grads.bias.mul_(g0).to(ctx.saved_tensors[2].dtype) if grads.bias is not None else None,
-                *([None] * 9),
+                *([None] * 10),
             )
         return _recompute_backward(ctx, g)
 
@@ -250,7 +270,7 @@ def _recompute_backward(ctx, g):
             slope = None if ctx.softcap is None else _softcap_slope_(z.to(lse.dtype, copy=True), ctx.softcap)
             p = z.to(lse.dtype).sub_(lse[s:e, None]).exp_()  # softmax
             del z
-            dz = _subtract_target_(p, labels[s:e], eps[s:e], ctx.convention)
+            dz = _subtract_target_(p, labels[s:e], eps[s:e], ctx.convention, ctx.prior)
             if slope is not None:
                 dz.mul_(slope)
             del slope
@@ -259,7 +279,7 @@ def _recompute_backward(ctx, g):
         grads.hidden,
         grads.weight.to(weight.dtype) if grads.weight is not None else None,
         grads.bias.to(bias.dtype) if grads.bias is not None else None,
-        *([None] * 9),
+        *([None] * 10),
     )
 
 
@@ -276,6 +296,7 @@ def smoothed_cross_entropy(
     softcap: float | None = None,
     compiled: bool = False,
     token_weight: torch.Tensor | None = None,
+    prior: torch.Tensor | None = None,
 ) -> SmoothedLossOutput:
     """Per-token smoothed CE of ``hidden [N, H] @ weight[V, H].T`` against ``labels [N]`` with ``smoothing [N]``.
 
@@ -285,6 +306,7 @@ def smoothed_cross_entropy(
     tokens unequally (one sample, one vote) still sums it with one upstream gradient for all, and keeps the
     fast backward (products formed in the forward). ``logit_scale`` multiplies the logits and ``softcap`` then caps
     them at ``softcap * tanh(z / softcap)`` (Gemma-2/3's ``final_logit_softcapping``), as the models' forwards do.
+    ``prior [V]``: smooth toward this distribution instead (``convention`` then does not apply).
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown smoothing convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
@@ -295,11 +317,14 @@ def smoothed_cross_entropy(
             f"expected hidden [N, H], labels [N], smoothing [N]; got {tuple(hidden.shape)}, "
             f"{tuple(labels.shape)}, {tuple(smoothing.shape)}"
         )
+    if prior is not None and (prior.shape != weight.shape[:1] or prior.requires_grad):
+        raise ValueError(f"prior must be a fixed distribution shaped [V] = {tuple(weight.shape[:1])}, got "
+                         f"{tuple(prior.shape)}")
     chunk_size = chunk_size or default_chunk_size(weight.shape[0])
     params = (hidden, weight) if bias is None else (hidden, weight, bias)
     precompute = torch.is_grad_enabled() and any(t.requires_grad for t in params)
     loss, entropy, is_top1 = _SmoothedCrossEntropy.apply(
-        hidden, weight, bias, labels, smoothing, token_weight, convention, chunk_size, logit_scale, softcap, precompute,
+        hidden, weight, bias, labels, smoothing, token_weight, prior, convention, chunk_size, logit_scale, softcap, precompute,
         compiled,
     )
     return SmoothedLossOutput(loss=loss, entropy=entropy, is_top1=is_top1)

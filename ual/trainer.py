@@ -18,6 +18,7 @@ What it changes, hook by hook (everything else is SFTTrainer's):
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import json
 import logging
@@ -43,6 +44,7 @@ from .data import (
     TOKEN_SMOOTHING,
     SmoothingCollator,
     applied_smoothing,
+    trained_token_counts,
     attach_smoothing,
     attach_smoothing_stream,
     expand_smoothing,
@@ -128,8 +130,10 @@ def resolve_loss_compile(requested: bool | None, device: torch.device) -> bool:
     return requested
 
 
-def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compiled: bool = False) -> None:
-    """Give ``model.forward`` a ``ual_smoothing=`` path; without it the forward is unchanged (generation, TRL)."""
+def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compiled: bool = False,
+                         prior: torch.Tensor | None = None) -> None:
+    """Give ``model.forward`` a ``ual_smoothing=`` path; without it the forward is unchanged (generation, TRL).
+    ``prior [V]``: smooth toward it instead of the convention's uniform distribution."""
     text_config = model.config.get_text_config()
     softcap = getattr(text_config, "final_logit_softcapping", None)  # Gemma-2/3: c * tanh(z / c), after the scale
     logit_scale = logit_scale_of(text_config)
@@ -159,6 +163,7 @@ def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compile
             out = smoothed_cross_entropy(
                 hidden[mask], weight, labels[mask], eps[mask], convention=convention, bias=bias, chunk_size=chunk_size,
                 logit_scale=logit_scale, softcap=softcap, compiled=compiled, token_weight=sample_weight if ual_per_sample else None,
+                prior=prior,
             )
         aux = None
         if kwargs.get("output_router_logits"):
@@ -260,6 +265,9 @@ class UALTrainer(SFTTrainer):
         streamed = isinstance(train_dataset, IterableDataset)
         if not isinstance(train_dataset, Dataset) and not streamed:
             raise TypeError(f"UALTrainer needs a datasets.Dataset or IterableDataset (got {type(train_dataset).__name__})")
+        if streamed and args.smoothing_prior == "unigram":
+            raise UsageError("smoothing_prior 'unigram' counts the tokens of the whole training set before training; "
+                             "a streamed (IterableDataset) training set cannot be counted: load it without streaming")
         if streamed and args.packing:
             raise UsageError("packing a streamed (IterableDataset) training set is not supported yet; set packing: "
                              "false or load the dataset without streaming")
@@ -295,17 +303,37 @@ class UALTrainer(SFTTrainer):
             padding_free=self.padding_free,
             pad_to_multiple_of=args.pad_to_multiple_of,
         )
-        add_smoothed_lm_head(
-            self.model.get_base_model() if is_peft_model(self.model) else self.model,
-            convention=args.smoothing_convention,
-            chunk_size=args.loss_chunk_size,
-            compiled=loss_compile,
-        )
+        base = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        self.unigram_counts = None
+        if args.smoothing_prior == "unigram":
+            vocab = base.config.get_text_config().vocab_size
+            self.unigram_counts = trained_token_counts(self.train_dataset, self.data_collator, vocab)
+            logger.info("unigram smoothing prior: %d trained label tokens, %d of %d token ids seen",
+                        int(self.unigram_counts.sum()), int((self.unigram_counts > 0).sum()), vocab)
+        add_smoothed_lm_head(base, convention=args.smoothing_convention, chunk_size=args.loss_chunk_size,
+                             compiled=loss_compile, prior=self.unigram_prior)
         logger.info("UAL loss head: chunk %s tokens, %s; training on %s", args.loss_chunk_size or "automatic",
                     "compiled (torch.compile)" if loss_compile else "eager", args.device)
         if self.smoothing_report is not None:
             self._check_ranks_agree(*fitted_on)
         self.add_callback(_LogSmoothingOnce(self))
+
+    @property
+    def unigram_prior(self) -> torch.Tensor | None:
+        """pi_v = (c_v + 1) / (N + V) over the trained label tokens, in float64; None for the uniform prior."""
+        if self.unigram_counts is None:
+            return None
+        c = self.unigram_counts.to(torch.float64)
+        return (c + 1) / (c.sum() + c.numel())
+
+    def _prior_record(self) -> dict | None:
+        """What rebuilds the unigram prior (its counts, sparse) and identifies it (sha256 of the int64 counts)."""
+        if self.unigram_counts is None:
+            return None
+        c = self.unigram_counts
+        return {"tokens": int(c.sum()), "vocab": c.numel(),
+                "counts_sha256": hashlib.sha256(c.numpy().astype("<i8").tobytes()).hexdigest(),
+                "counts": {str(i): int(c[i]) for i in torch.nonzero(c).view(-1).tolist()}}
 
     def smoothing_summary(self) -> dict[str, float]:
         """The mapping and the mean eps as flat numbers (``ual/...``), for trackers."""
@@ -391,6 +419,11 @@ class UALTrainer(SFTTrainer):
         ]
         if diffs:
             raise UsageError(f"cannot resume from {checkpoint} with different smoothing: " + "; ".join(diffs))
+        prior_then = (saved.get("unigram_prior") or {}).get("counts_sha256")
+        prior_now = (self._prior_record() or {}).get("counts_sha256")
+        if prior_then != prior_now:
+            raise UsageError(f"cannot resume from {checkpoint}: its unigram smoothing prior (counts sha256 {prior_then}) "
+                             f"differs from this run's ({prior_now}): the training set or its tokenisation changed")
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         streamed = isinstance(dataset, IterableDataset)
@@ -561,5 +594,7 @@ class UALTrainer(SFTTrainer):
                 "applied": self.applied_smoothing,
                 "dropped_samples": self.dropped_samples,
             }
+            if self.unigram_counts is not None:
+                saved["unigram_prior"] = self._prior_record()
             write_atomic(os.path.join(output_dir, SETTINGS_FILE),
                          lambda tmp: Path(tmp).write_text(json.dumps(saved, indent=2)))
