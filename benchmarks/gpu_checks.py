@@ -92,7 +92,8 @@ def padding_free(tmp: Path) -> dict:
     lengths = [37, 91]
     g = torch.Generator().manual_seed(0)
     results = {}
-    for impl in ["eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3"]:
+    # flex_attention last and each result printed at once: its compilation has crashed the process before
+    for impl in ["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"]:
         try:
             model = AutoModelForCausalLM.from_pretrained(REPO / "models/tiny-llama", dtype=torch.float32,
                                                          attn_implementation=impl).cuda().eval()
@@ -104,10 +105,12 @@ def padding_free(tmp: Path) -> dict:
                                position_ids=torch.cat([torch.arange(n) for n in lengths]).cuda()[None]).logits[0]
         except Exception as exc:  # noqa: BLE001 - report why an implementation fails, then try the next
             results[impl] = {"ran": False, "why": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+            print("padding_free", impl, results[impl], flush=True)
             continue
         want = torch.cat(padded)
         results[impl] = {"ran": True, "max_abs_logit_diff": float((packed - want).abs().max()),
                          "second_sequence_diff": float((packed[lengths[0]:] - padded[1]).abs().max())}
+        print("padding_free", impl, results[impl], flush=True)
     return results
 
 

@@ -116,15 +116,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = parser.parse_args()
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    results = {name: [] for name in VARIANTS}
+    results = {name: [] for name in args.variants}
     with tempfile.TemporaryDirectory() as tmp:
         build_model(Path(tmp), args.vocab, args.hidden, args.layers)
         for r in range(args.rounds):
-            order = random.sample(VARIANTS, len(VARIANTS))
+            order = random.sample(args.variants, len(args.variants))
             for name in order:
                 cmd = [sys.executable, __file__, "--child", name, tmp, str(args.steps), str(args.warmup),
                        str(args.batch), str(args.max_length)]
@@ -146,10 +147,11 @@ def main() -> None:
              f"median (min–max) of {args.rounds} interleaved rounds, each run its own process.", "",
              "| variant | tokens/s | × sft_default | × sft_ls | peak memory MiB | × sft_default memory |",
              "|---|---|---|---|---|---|"]
-    for name in VARIANTS:
+    ratio = lambda d, name, base: f"{d[name] / d[base]:.3f}" if base in d else "—"  # noqa: E731
+    for name in args.variants:
         tps = [r["tokens_per_s"] for r in results[name]]
-        lines.append(f"| {name} | {med[name]:.0f} ({min(tps):.0f}–{max(tps):.0f}) | {med[name] / med['sft_default']:.3f} | "
-                     f"{med[name] / med['sft_ls']:.3f} | {mem[name] / 2**20:.0f} | {mem[name] / mem['sft_default']:.3f} |")
+        lines.append(f"| {name} | {med[name]:.0f} ({min(tps):.0f}–{max(tps):.0f}) | {ratio(med, name, 'sft_default')} | "
+                     f"{ratio(med, name, 'sft_ls')} | {mem[name] / 2**20:.0f} | {ratio(mem, name, 'sft_default')} |")
     args.out.mkdir(parents=True, exist_ok=True)
     tag = f"train_throughput_{'cuda' if torch.cuda.is_available() else 'cpu'}"
     (args.out / f"{tag}.json").write_text(json.dumps({"device": device, "args": vars(args) | {"out": str(args.out)},
