@@ -329,6 +329,11 @@ def main(argv: list[str] | None = None) -> UALTrainer:
     trainer.create_model_card(model_name=os.path.basename(os.path.normpath(training_args.output_dir)))
     logger.info("saved model, tokenizer, model card (README.md) and %s to %s", "ual_smoothing.json",
                 training_args.output_dir)
+    if training_args.push_to_hub:  # as `trl sft` does: the final model, its card and ual_smoothing.json
+        hub_datasets = [entry.path for entry in run.data_args.datasets if not looks_local(entry.path)]
+        trainer.push_to_hub(dataset_name=hub_datasets[0] if len(hub_datasets) == 1 else None)
+        logger.info("pushed %s to the Hub as %s (with everything else in it, eval/ included)",
+                    training_args.output_dir, trainer.hub_model_id)
     trainer.accelerator.wait_for_everyone()
     trainer.end()
     return trainer

@@ -579,6 +579,15 @@ class UALTrainer(SFTTrainer):
                           f"{'first' if self.args.loss_normalization == 'sample' else 'second'}."]
         return "\n".join(lines) + "\n\n"
 
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Trainer copies a checkpoint's modelling files into output_dir and uploads that folder; the smoothing record
+        goes with them, so every pushed revision says how it was trained (the card is already there: TRL writes it
+        at each save)."""
+        settings = os.path.join(checkpoint_folder, SETTINGS_FILE)
+        if self.is_world_process_zero() and self.args.hub_strategy != "end" and os.path.isfile(settings):
+            shutil.copy(settings, os.path.join(self.args.output_dir, SETTINGS_FILE))
+        super()._push_from_checkpoint(checkpoint_folder)
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
