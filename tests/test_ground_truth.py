@@ -147,7 +147,7 @@ def test_reference_log_probabilities_batched_equal_one_at_a_time(tmp_path, tiny_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from evaluate import reference_logq
+    from evaluate_run import reference_logq
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)

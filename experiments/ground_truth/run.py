@@ -178,7 +178,7 @@ def run_arm(out: Path, arm: str, seed: int, epochs: float, batch_size: int) -> d
           [*ARMS[arm], "--seed", str(seed), "--num_train_epochs", str(epochs)], out / "runs" / f"{arm}-seed{seed}.log")
     trained = time.time() - start
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(HERE / "evaluate.py"), str(run_dir), str(out / "tests.json"), "--seed", str(seed),
+    cmd = [sys.executable, str(HERE / "evaluate_run.py"), str(run_dir), str(out / "tests.json"), "--seed", str(seed),
            "--batch-size", str(batch_size)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -1,6 +1,6 @@
 """Evaluate one fine-tuned model of the ground-truth experiment with the exact judges of tasks.py.
 
-    python experiments/ground_truth/evaluate.py RUN_DIR TESTS_JSON --seed S
+    python experiments/ground_truth/evaluate_run.py RUN_DIR TESTS_JSON --seed S
 
 Writes RUN_DIR/metrics.json (numbers) and RUN_DIR/items.json (per-item outcomes, for paired comparisons).
 Decoding: greedy, and sampling at T 0.8 with top-k scaled to the vocabulary (200 per 32k tokens); stories also at
