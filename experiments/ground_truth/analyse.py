@@ -16,6 +16,7 @@ from scipy import stats
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE))
 PRIMARY = ("stories_valid", "arith_hard_greedy")  # the two preregistered primary endpoints (higher is better)
 SECONDARY = ("arith_id_greedy", "arith_id_sampled", "arith_hard_sampled", "stories_win_vs_sft", "stories_kl",
              "stories_distinct_ratio", "stories_animal_ok", "stories_place_ok", "stories_goal_ok", "stories_words",
@@ -82,8 +83,22 @@ def verdict(diff_sft: dict, diff_shuffled: dict | None) -> tuple[str, str]:
     return "inconclusive", reasons
 
 
+def collect(out: Path) -> dict:
+    """results.json, or (for an experiment still running) every seed for which all six arms have finished."""
+    if (out / "results.json").exists():
+        return json.loads((out / "results.json").read_text())
+    from run import ARMS
+
+    runs = {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("*/metrics.json")}
+    seeds = sorted({int(name.rsplit("seed", 1)[1]) for name in runs})
+    complete = [s for s in seeds if s in range(5) and all(f"{arm}-seed{s}" in runs for arm in ARMS)]
+    print(f"results.json not written yet: analysing the {len(complete)} complete seed(s) {complete}")
+    return {"seeds": complete, "arms": list(ARMS), "runs": {k: v for k, v in runs.items()
+                                                             if int(k.rsplit("seed", 1)[1]) in complete}}
+
+
 def analyse(out: Path, docs: Path | None) -> dict:
-    results = json.loads((out / "results.json").read_text())
+    results = collect(out)
     arms, seeds = results["arms"], results["seeds"]
     per_seed = {arm: {} for arm in arms}
     items = {}

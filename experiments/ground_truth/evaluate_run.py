@@ -133,7 +133,9 @@ def main() -> None:
     torch.set_num_threads(1)
     metrics, items = evaluate(args.run_dir, json.loads(args.tests.read_text()), args.seed, args.batch_size)
     state = json.loads((args.run_dir / "trainer_state.json").read_text())
-    metrics["final_train_loss"] = [e["loss"] for e in state["log_history"] if "loss" in e][-1]
+    logged = [e["loss"] for e in state["log_history"] if "loss" in e]  # the last logged step's loss, or for a run
+    metrics["final_train_loss"] = logged[-1] if logged else state["log_history"][-1]["train_loss"]  # shorter than
+    # one logging interval (the reduced test run), the mean over its steps
     (args.run_dir / "items.json").write_text(json.dumps(items))
     tmp = args.run_dir / "metrics.json.tmp"  # metrics.json last: its presence marks a finished run
     tmp.write_text(json.dumps(metrics, indent=1))
