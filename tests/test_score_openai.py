@@ -264,13 +264,14 @@ def test_interrupted_run_keeps_answers_and_the_rerun_asks_only_the_missing(tmp_p
 
 
 def test_ctrl_c_then_rerun_asks_only_what_is_missing(tmp_path, server):
-    # q000-q003 are answered; from q004 on the judge stalls past the client's timeout, so the run is certainly
-    # still going when Ctrl-C arrives, however slowly a busy machine runs either process
-    s = server(lambda req: stall(5) if int(req.key[1:]) >= 4 else None, delay=0.05)
+    # q000-q003 are answered; q004 gets no answer for two minutes and the client waits a minute for it, so the run
+    # is certainly still going when Ctrl-C arrives, however slowly a busy machine runs either process (with FAST's
+    # 0.5 s timeout, a loaded CI machine once let the client give up on ten keys before the signal came)
+    s = server(lambda req: stall(120) if int(req.key[1:]) >= 4 else None, delay=0.05)
     src = write_jsonl(tmp_path / "in.jsonl", qrows(30))
     out = tmp_path / "out.jsonl"
     argv = [sys.executable, "-m", "ual.score", str(src), "-o", str(out), "--model", "judge-1",
-            "--base-url", s.url, "--concurrency", "1", *FAST]
+            "--base-url", s.url, "--concurrency", "1", *FAST, "--timeout", "60"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180  # the child's imports alone can take a minute on a loaded machine
