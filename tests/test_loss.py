@@ -38,6 +38,15 @@ def make_inputs(n=53, h=24, v=97, dtype=torch.float64, seed=0, bias=False):
     return hidden, weight, b, labels, eps
 
 
+def upstream_and_token_weight(n, upstream_kind, seed):
+    """The upstream gradient (a mean, or random per token) and, for 'weighted' kinds, per-token weights 1/n_i."""
+    g = torch.Generator().manual_seed(seed)
+    upstream = torch.full((n,), 1 / n, dtype=torch.float64) if upstream_kind.endswith("mean") else \
+        torch.randn(n, dtype=torch.float64, generator=g)
+    token_weight = 1 / torch.randint(1, 20, (n,), generator=g).to(torch.float64) if "weighted" in upstream_kind else None
+    return upstream, token_weight
+
+
 @pytest.mark.parametrize("convention", ["paper", "uniform"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("chunk_size", [1, 7, 1000])
@@ -46,11 +55,7 @@ def test_values_and_gradients_match_full_logits_reference(convention, bias, chun
     """'mean': the trainer's case, gradients formed in the forward; 'per-token': any weighting, recomputed;
     'token-weighted': the head weights each token (sample normalisation, 1/n_i), then the same two upstreams."""
     hidden, weight, b, labels, eps = make_inputs(bias=bias)
-    n = labels.shape[0]
-    g = torch.Generator().manual_seed(7)
-    upstream = torch.full((n,), 1 / n, dtype=torch.float64) if upstream_kind.endswith("mean") else \
-        torch.randn(n, dtype=torch.float64, generator=g)
-    token_weight = 1 / torch.randint(1, 20, (n,), generator=g).to(torch.float64) if "weighted" in upstream_kind else None
+    upstream, token_weight = upstream_and_token_weight(labels.shape[0], upstream_kind, seed=7)
     params = [hidden, weight] + ([b] if bias else [])
 
     out = smoothed_cross_entropy(hidden, weight, labels, eps, convention=convention, bias=b, chunk_size=chunk_size,
@@ -77,11 +82,7 @@ def test_prior_smoothing_matches_full_logits_reference(bias, chunk_size, upstrea
     """Smoothing toward a prior pi (unigram): target (1-eps) onehot + eps pi, in both backward paths."""
     hidden, weight, b, labels, eps = make_inputs(bias=bias)
     prior = make_prior()
-    n = labels.shape[0]
-    g = torch.Generator().manual_seed(11)
-    upstream = torch.full((n,), 1 / n, dtype=torch.float64) if upstream_kind.endswith("mean") else \
-        torch.randn(n, dtype=torch.float64, generator=g)
-    token_weight = 1 / torch.randint(1, 20, (n,), generator=g).to(torch.float64) if "weighted" in upstream_kind else None
+    upstream, token_weight = upstream_and_token_weight(labels.shape[0], upstream_kind, seed=11)
     params = [hidden, weight] + ([b] if bias else [])
     for convention in ("paper", "uniform"):  # the convention does not apply once a prior is given
         out = smoothed_cross_entropy(hidden, weight, labels, eps, convention=convention, bias=b, chunk_size=chunk_size,

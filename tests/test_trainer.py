@@ -302,6 +302,14 @@ def test_other_dataset_shapes_carry_eps_per_sample(tmp_path, tiny_model_path, sh
 # --- loss_normalization: sample ---------------------------------------------------------------------------
 
 
+def layout_config(layout: str, batch_size: int) -> dict:
+    """One batch of every row, padded, or BFD-packed into padding-free rows of 96 tokens."""
+    cfg = dict(per_device_train_batch_size=batch_size, max_length=512)
+    if layout != "padded":
+        cfg.update(packing=True, packing_strategy="bfd", max_length=96)
+    return cfg
+
+
 def _reference_losses(model, batch, convention="paper"):
     """Float64 full-logits soft-target CE of every trained token, with the sample each token belongs to."""
     from test_loss import reference
@@ -320,9 +328,7 @@ def test_sample_normalisation_matches_a_float64_reference(tmp_path, tiny_model_p
     """(1/S) * sum over samples of (mean over the sample's trained tokens), in float64 (where UAL's head is exact):
     loss and gradients, against full logits; and it is not the token-weighted mean (the test can fail)."""
     rows = raw_rows(8)
-    cfg = dict(per_device_train_batch_size=8, max_length=512)
-    if layout != "padded":
-        cfg.update(packing=True, packing_strategy="bfd", max_length=96)
+    cfg = layout_config(layout, batch_size=8)
     trainer = make_trainer(tmp_path, tiny_model_path, rows, loss_normalization="sample", **cfg)
     model = trainer.model.double().train()
     batch = next(iter(trainer.get_train_dataloader()))

@@ -8,7 +8,7 @@ from datasets import IterableDataset
 
 from conftest import cpu_config
 from test_loss import reference
-from test_trainer import make_trainer, raw_rows, trl_dataset
+from test_trainer import layout_config, make_trainer, raw_rows, trl_dataset
 from ual.data import TOKEN_SMOOTHING
 from ual.errors import UsageError
 from ual.trainer import SETTINGS_FILE, UALTrainer
@@ -40,9 +40,7 @@ def test_counts_are_the_trained_label_tokens_of_the_prepared_set(tmp_path, tiny_
 @pytest.mark.parametrize("layout", ["padded", "packed, padding-free"])
 def test_loss_and_gradients_match_a_float64_reference_with_the_prior(tmp_path, tiny_model_path, layout):
     rows = raw_rows(6)
-    cfg = dict(per_device_train_batch_size=6, max_length=512)
-    if layout != "padded":
-        cfg.update(packing=True, packing_strategy="bfd", max_length=96)
+    cfg = layout_config(layout, batch_size=6)
     trainer = make_trainer(tmp_path, tiny_model_path, rows, smoothing_prior="unigram", **cfg)
     model = trainer.model.double().train()
     batch = next(iter(trainer.get_train_dataloader()))
