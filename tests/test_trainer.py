@@ -411,6 +411,21 @@ def test_training_arguments_become_a_ual_config_as_sft_trainer_converts_them(tmp
     trainer.train()
 
 
+def test_an_sft_config_keeps_its_token_fields(tmp_path, tiny_model_path, tokenizer):
+    """transformers' to_dict masks every *_token field as '<EOS_TOKEN>' ...; the conversion must not copy the mask."""
+    from ual.config import UALConfig
+
+    sft_args = SFTConfig(output_dir=str(tmp_path / "o"), use_cpu=True, max_steps=1, report_to="none",
+                         eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token, hub_token="hf_secret")
+    trainer = UALTrainer(model=tiny_model_path, args=sft_args, train_dataset=trl_dataset(raw_rows(4)))
+    assert isinstance(trainer.args, UALConfig)
+    assert (trainer.args.eos_token, trainer.args.pad_token, trainer.args.hub_token) == (
+        tokenizer.eos_token, tokenizer.pad_token, "hf_secret")
+    none_set = UALTrainer(model=tiny_model_path, train_dataset=trl_dataset(raw_rows(4)),
+                          args=SFTConfig(output_dir=str(tmp_path / "n"), use_cpu=True, report_to="none"))
+    assert none_set.args.eos_token is None and none_set.args.pad_token is None
+
+
 def test_a_missing_dataset_raises_what_sft_trainer_raises(tmp_path, tiny_model_path):
     with pytest.raises(ValueError) as sft_error:
         SFTTrainer(model=tiny_model_path, args=SFTConfig(output_dir=str(tmp_path / "s"), use_cpu=True))

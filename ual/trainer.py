@@ -198,7 +198,9 @@ def _as_ual_config(args):
     if not isinstance(args, TrainingArguments):
         raise TypeError(f"UALTrainer needs a UALConfig (or TrainingArguments), got {type(args).__name__}")
     values = args.to_dict()
-    values["hub_token"] = args.hub_token  # to_dict hides the token
+    for key in values:  # to_dict masks every *_token field ('<EOS_TOKEN>'): hub_token, and SFTConfig's eos/pad
+        if key.endswith("_token"):
+            values[key] = getattr(args, key)
     known = UALConfig.__dataclass_fields__
     logger.info("UALTrainer: %s converted to UALConfig (smoothing settings at their defaults: strategy %r, mean %s)",
                 type(args).__name__, known["smoothing_strategy"].default, known["smoothing_mean"].default)
