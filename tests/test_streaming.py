@@ -54,7 +54,19 @@ def test_a_bad_score_in_a_stream_names_its_row(tmp_path, tiny_model_path):
         linear.train()
 
 
-def test_packing_a_stream_is_refused(tmp_path, tiny_model_path):
-    with pytest.raises(UsageError, match="packing a streamed"):
-        UALTrainer(model=tiny_model_path, args=cpu_config(tmp_path, max_steps=1, packing=True),
-                   train_dataset=trl_dataset(raw_rows(4)).to_iterable_dataset())
+def test_a_packed_stream_gives_the_packed_map_style_rows(tmp_path, tiny_model_path):
+    """BFD packs each block of up to 1000 rows as it streams (datasets' batched map): with fewer rows than that and
+    no shuffling, the streamed packs, and the eps riding on every token, are the map-style packs."""
+    rows = raw_rows(12)
+    args = dict(packing=True, max_length=64, shuffle_dataset=False, smoothing_strategy="uncertainty",
+                per_device_train_batch_size=2, max_steps=2, logging_steps=1)
+    packs = {}
+    for name, data in (("mapped", trl_dataset(rows)), ("streamed", trl_dataset(rows).to_iterable_dataset())):
+        trainer = UALTrainer(model=tiny_model_path, args=cpu_config(tmp_path / name, **args), train_dataset=data)
+        # eps as the collator makes it, float32 (Arrow stores the map-style column as float32, a stream keeps floats)
+        packs[name] = [{**{k: row[k] for k in ("input_ids", "labels", "seq_lengths")},
+                        TOKEN_SMOOTHING: torch.tensor(row[TOKEN_SMOOTHING], dtype=torch.float32).tolist()}
+                       for row in trainer.train_dataset]
+    assert len(packs["mapped"]) < len(rows) and packs["streamed"] == packs["mapped"]
+    trainer.train()
+    assert len([h for h in trainer.state.log_history if "loss" in h]) == 2

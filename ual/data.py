@@ -102,7 +102,8 @@ def _check_path(entry: UALDatasetConfig, where: str) -> None:
                          + ("" if os.path.isabs(path) else f" (relative paths are looked up from {os.getcwd()})"))
 
 
-def _load_one(entry: UALDatasetConfig, where: str) -> Dataset:
+def _load_one(entry: UALDatasetConfig, where: str, streaming: bool = False) -> tuple[Dataset | IterableDataset, list]:
+    """The entry's rows and its column names (for a stream, read off its first row, the only one read here)."""
     _check_path(entry, where)
     path = os.path.expanduser(entry.path)
     if os.path.isfile(path):
@@ -112,21 +113,26 @@ def _load_one(entry: UALDatasetConfig, where: str) -> Dataset:
         if os.path.getsize(path) == 0:
             raise UsageError(f"{where}: the file is empty (0 bytes)")
         try:
-            ds = load_dataset(_LOCAL_BUILDERS[ext], data_files=path, split=entry.split, **_csv_as_text(path))
+            ds = load_dataset(_LOCAL_BUILDERS[ext], data_files=path, split=entry.split, streaming=streaming,
+                              **_csv_as_text(path))
+            first = next(iter(ds), None) if streaming else None  # a stream parses lazily: make it parse now
         except Exception as exc:  # datasets wraps a parse error without its file or line
             if ext in (".json", ".jsonl") and not read_json(path, where):  # a bad line raises, naming it
                 raise UsageError(f"{where}: the file has no rows") from None
             raise UsageError(f"{where}: cannot read it as {ext[1:]}: {exc.__cause__ or exc}") from None
     else:
-        ds = load_dataset(path, name=entry.name, data_dir=entry.data_dir, data_files=entry.data_files, split=entry.split)
-    if len(ds) == 0:
+        ds = load_dataset(path, name=entry.name, data_dir=entry.data_dir, data_files=entry.data_files,
+                          split=entry.split, streaming=streaming)
+        first = next(iter(ds), None) if streaming else None
+    if (first is None) if streaming else len(ds) == 0:
         raise UsageError(f"{where}: the dataset has no rows")
+    columns = list(first) if streaming else ds.column_names
     if entry.columns is not None:
-        missing = [c for c in entry.columns if c not in ds.column_names]
+        missing = [c for c in entry.columns if c not in columns]
         if missing:
-            raise UsageError(f"{where}: columns: {missing[0]!r} is not a column of the dataset ({ds.column_names})")
-        ds = ds.select_columns(list(entry.columns))
-    return ds
+            raise UsageError(f"{where}: columns: {missing[0]!r} is not a column of the dataset ({columns})")
+        ds, columns = ds.select_columns(list(entry.columns)), list(entry.columns)
+    return ds, columns
 
 
 def _csv_as_text(path: str) -> dict:
@@ -246,16 +252,21 @@ def read_scores(dataset: Dataset, args, where: str, numeric_strings: bool = Fals
     return check_scores(values, column, where, fill=fill, value_range=value_range)
 
 
-def load_mixture(entries: list[UALDatasetConfig], args) -> Dataset:
-    """Load, convert and check every entry, then mix: TRL-shaped rows plus the score and source columns."""
+def load_mixture(entries: list[UALDatasetConfig], args, streaming: bool = False) -> Dataset | IterableDataset:
+    """Load, convert and check every entry, then mix: TRL-shaped rows plus the score and source columns.
+
+    ``streaming`` (TRL's ``dataset_streaming``) gives an IterableDataset: only the first row of each entry is read
+    here; the others are checked as they stream past (a bad row stops the run, naming its file and row)."""
     if not entries:
         raise UsageError("the recipe has no `datasets:` entries to train on")
+    if streaming:
+        return _stream_mixture(entries, args)
     column, _ = _score_column(args)
     loaded, shapes = [], {}
     for i, entry in enumerate(entries):
         where = f"datasets[{i}] ({entry.path})"
-        ds = _load_one(entry, where)
-        fmt = resolve_format(entry.format, ds.column_names, where)
+        ds, columns = _load_one(entry, where)
+        fmt = resolve_format(entry.format, columns, where)
         check_rows(ds, fmt, where)
         if column is not None:
             from_csv = entry.path.lower().endswith(".csv")
@@ -281,6 +292,45 @@ def load_mixture(entries: list[UALDatasetConfig], args) -> Dataset:
         weights = [f / sum(fractions) for f in fractions]
         total = min(len(ds) / w for ds, w in zip(loaded, weights) if w > 0)
         loaded = [ds.select(range(round(w * total))) for ds, w in zip(loaded, weights)]
+    return concatenate_datasets(loaded)
+
+
+def _stream_mixture(entries: list[UALDatasetConfig], args) -> IterableDataset:
+    """``load_mixture`` for streamed entries: each row is checked (shape and score) and converted as it is read."""
+    if any(e.fraction is not None for e in entries):
+        raise UsageError("`fraction` needs each dataset's size, which a stream does not have (as in TRL): drop it, "
+                         "or set dataset_streaming: false")
+    column, value_range = _score_column(args)
+    fill = args.missing_fill if args.smoothing_strategy != "explicit" else None
+    loaded, shapes = [], {}
+    for i, entry in enumerate(entries):
+        where = f"datasets[{i}] ({entry.path})"
+        ds, columns = _load_one(entry, where, streaming=True)
+        fmt = resolve_format(entry.format, columns, where)
+        if column is not None and column not in columns:
+            raise UsageError(f"{where}: no column {column!r} (smoothing_strategy={args.smoothing_strategy!r}); the "
+                             f"columns are {columns}. Score the data with `ual score`, or set the column name.")
+        shapes[where] = output_columns(fmt)
+        from_csv = entry.path.lower().endswith(".csv")
+
+        def checked(row, index, where=where, fmt=fmt, source=entry.source or entry.path, from_csv=from_csv):
+            problem = row_problem(row, fmt)
+            if problem is not None:
+                raise UsageError(f"{where}: row {index} (0-based), {problem} (format {fmt!r})")
+            out = {**convert(row, fmt), SOURCE: source}
+            if column is not None:
+                value = _csv_number(row[column]) if from_csv else row[column]
+                value, problem = _score_problem(value, fill, value_range)
+                if problem is not None:
+                    raise UsageError(f"{where}: row {index} (0-based), column {column!r}: {problem}")
+                out[column] = value
+            return out
+
+        loaded.append(ds.map(checked, with_indices=True, remove_columns=columns))
+    if len(set(shapes.values())) > 1:
+        raise UsageError("the streamed datasets of a mixture must share one shape after conversion, got "
+                         + "; ".join(f"{k}: {'/'.join(v)}" for k, v in shapes.items())
+                         + " (mixing shapes needs every row up front: set dataset_streaming: false)")
     return concatenate_datasets(loaded)
 
 

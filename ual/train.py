@@ -54,12 +54,15 @@ class UALDataArguments(UALMixtureConfig):
     dataset_test_split: str | None = field(
         default=None, metadata={"help": "TRL's key: a split of dataset_name used as the eval set."})
     dataset_streaming: bool = field(
-        default=False, metadata={"help": "TRL's key; not supported yet (the mapping is fitted over the whole set)."})
+        default=False,
+        metadata={"help": "TRL's key: stream every dataset (training and eval) instead of loading it. Rows are checked "
+                          "as they are read; `uncertainty` reads the score column in one pass first, for its mean. "
+                          "Needs max_steps; no fraction, test_split_size, packing or unigram prior."})
 
     def __post_init__(self):
-        if self.dataset_streaming:
-            raise UsageError("dataset_streaming: true is not supported by recipes yet (their mixing and row checks "
-                             "read the whole set); from Python, UALTrainer takes a streamed IterableDataset")
+        if self.dataset_streaming and self.test_split_size is not None:
+            raise UsageError("test_split_size splits a loaded dataset; with dataset_streaming: true name the eval set "
+                             "instead (eval_datasets, or dataset_test_split of dataset_name)")
         if self.dataset_name is not None:
             if self.datasets:
                 raise UsageError("the recipe sets both `datasets:` and TRL's `dataset_name`; keep one")
@@ -280,6 +283,9 @@ def preflight(argv: list[str] | None = None) -> Run:
     _log_to_console(training_args)
     check_model_args(model_args)
     check_speedups(training_args, model_args.attn_implementation)
+    if data_args.dataset_streaming and training_args.max_steps <= 0:
+        raise UsageError("dataset_streaming: true needs max_steps (a stream has no length, so epochs cannot be "
+                         "counted): set max_steps to the number of optimizer steps to train")
     requested = resume_arg(training_args.resume_from_checkpoint)
     check_output_dir(training_args.output_dir, overwrite=training_args.overwrite_output_dir, resume=requested)
     resume = resolve_resume(requested, training_args.output_dir)
@@ -288,10 +294,11 @@ def preflight(argv: list[str] | None = None) -> Run:
 
 def load_data(run: Run):
     """The checked training mixture and the held-out eval set (or None); every bad row fails here."""
-    dataset = load_mixture(run.data_args.datasets, run.training_args)
+    streaming = run.data_args.dataset_streaming
+    dataset = load_mixture(run.data_args.datasets, run.training_args, streaming)
     eval_dataset = None
     if run.data_args.eval_datasets:
-        eval_dataset = load_mixture(run.data_args.eval_datasets, run.training_args)
+        eval_dataset = load_mixture(run.data_args.eval_datasets, run.training_args, streaming)
     if run.data_args.test_split_size is not None:
         split = dataset.train_test_split(test_size=run.data_args.test_split_size, seed=run.training_args.seed)
         dataset, eval_dataset = split["train"], split["test"]
@@ -303,7 +310,8 @@ def main(argv: list[str] | None = None) -> UALTrainer:
     training_args, model_args = run.training_args, run.model_args
     # Data first: every bad score, column or path fails here, before a model is loaded
     dataset, eval_dataset = load_data(run)
-    logger.info("training on %d samples from %d dataset(s)", len(dataset), len(run.data_args.datasets))
+    logger.info("training on %s from %d dataset(s)", "a stream" if run.data_args.dataset_streaming
+                else f"{len(dataset)} samples", len(run.data_args.datasets))
 
     model_init_kwargs = {
         "revision": model_args.model_revision,

@@ -270,9 +270,6 @@ class UALTrainer(SFTTrainer):
         if streamed and args.smoothing_prior == "unigram":
             raise UsageError("smoothing_prior 'unigram' counts the tokens of the whole training set before training; "
                              "a streamed (IterableDataset) training set cannot be counted: load it without streaming")
-        if streamed and args.packing:
-            raise UsageError("packing a streamed (IterableDataset) training set is not supported yet; set packing: "
-                             "false or load the dataset without streaming")
         skip = bool((args.dataset_kwargs or {}).get("skip_prepare_dataset"))
         fitted_on = None
         if skip:
@@ -438,8 +435,6 @@ class UALTrainer(SFTTrainer):
                 dataset, _, report = attach_smoothing(dataset, args, f"{dataset_name}_dataset",
                                                       fitted=self.smoothing_map)
                 logger.info("UAL smoothing for %s: %s", dataset_name, report.overall)
-        if streamed and packing:
-            raise UsageError(f"packing a streamed {dataset_name} dataset is not supported yet; set packing: false")
         before = None if streamed else len(dataset)
         # Tokenize, build labels and truncate with TRL (other columns ride along). When packing, TRL packs untruncated
         # sequences and lets the packing strategy truncate, split or wrap them, so truncation is left to packing here too.
@@ -467,7 +462,9 @@ class UALTrainer(SFTTrainer):
                         "first" if args.loss_normalization == "sample" else "second")
         dataset = expand_smoothing(dataset, num_proc=args.dataset_num_proc)
         if packing:
-            dataset = pack_dataset(dataset, args.max_length, args.packing_strategy, {"num_proc": args.dataset_num_proc})
+            # a stream packs each block of rows as it is read (datasets' batched map), as SFTTrainer packs one
+            dataset = pack_dataset(dataset, args.max_length, args.packing_strategy,
+                                   {} if streamed else {"num_proc": args.dataset_num_proc})
             if args.shuffle_dataset:
                 dataset = dataset.shuffle(seed=args.seed)
         return dataset
