@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from ual.launch import deepspeed_json
 
 pytestmark = pytest.mark.slow
 STEPS = ["--max_steps", "8", "--logging_steps", "2", "--save_strategy", "no"]
@@ -51,6 +52,9 @@ def cpu_config(name, tmp_path):
     """The shipped accelerate config, switched to 2 CPU processes (what changes on a GPU cluster: use_cpu)."""
     config = yaml.safe_load((REPO / "accelerate_configs" / f"{name}.yaml").read_text())
     config.update(use_cpu=True, num_processes=2)
+    json_file = deepspeed_json(config, REPO / "accelerate_configs" / f"{name}.yaml")  # as `ual train` resolves it
+    if json_file is not None:
+        config["deepspeed_config"]["deepspeed_config_file"] = str(json_file)
     if "mixed_precision" in config:
         config["mixed_precision"] = "no"  # bf16 autocast is a GPU setting; the tiny model trains in fp32
     path = tmp_path / f"{name}-cpu.yaml"

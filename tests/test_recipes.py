@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO
 from ual.launch import build_command, known_configs
@@ -68,7 +69,8 @@ def test_accelerate_configs_load_with_accelerates_own_classes(name):
     assert isinstance(config, ClusterConfig) and config.num_processes >= 1
     if config.distributed_type == "DEEPSPEED":
         ds_file = config.deepspeed_config["deepspeed_config_file"]
-        assert (REPO / ds_file).exists() and config.mixed_precision in (None, "no")
+        # relative to the config file (ual.launch.deepspeed_json), so a copy of both works from any folder
+        assert (REPO / "accelerate_configs" / ds_file).exists() and config.mixed_precision in (None, "no")
 
 
 @pytest.mark.parametrize("name", ["zero2", "zero3", "zero3_offload"])
@@ -95,8 +97,11 @@ def test_dry_run_prints_the_launch_command_for_each_config(tmp_path, name, capsy
     assert launch_main(["recipes/tiny.yaml", str(overlay), "--max_steps", "3", "--output_dir", str(out),
                         "--dry-run"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
+    ds_file = (yaml.safe_load((REPO / "accelerate_configs" / f"{name}.yaml").read_text()).get("deepspeed_config")
+               or {}).get("deepspeed_config_file")
+    json_flag = f"--deepspeed_config_file accelerate_configs/{ds_file} " if ds_file else ""
     assert printed[0] == (
-        f"accelerate launch --config_file accelerate_configs/{name}.yaml --num_processes 2 "
+        f"accelerate launch --config_file accelerate_configs/{name}.yaml {json_flag}--num_processes 2 "
         f"-m ual.train recipes/tiny.yaml {overlay} --max_steps 3 --output_dir {out}"
     )
     assert printed[-1].startswith("dry run: recipe keys, model, output folder and data paths checked")

@@ -11,9 +11,10 @@ import sys
 USAGE = """usage: ual COMMAND ...
 
 commands:
-  train RECIPE.yaml [OVERLAY.yaml ...] [--key value ...] [--dry-run]
+  train RECIPE [OVERLAY ...] [--key value ...] [--dry-run]
                                         train with per-sample smoothing through `accelerate launch`
-                                        (the recipe's accelerate_config / num_processes; printed first)
+                                        (the recipe's accelerate_config / num_processes; printed first);
+                                        RECIPE is a file or a shipped recipe's name (`ual train tiny`)
   score INPUT --output OUTPUT [...]     elicit per-sample uncertainty from a judge (same as python -m ual.score)
   eval {gsm8k,metamath,alpacaeval} --model PATH [...]
                                         evaluate a trained model or adapter (docs/eval.md)

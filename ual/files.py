@@ -3,6 +3,8 @@ and one run at a time per output.
 
 - ``looks_local``: the one rule, for every command, that tells a local path from a hub id;
   ``read_json``: JSON and JSON-lines files, a bad line named by its number.
+- ``shipped``: the files ual ships (recipes, accelerate configs, the tiny model, sample and eval data), from the
+  installed wheel or, in a source checkout, from the checkout's top folders.
 - ``write_atomic``: a temporary file beside the target, moved into place only when complete, with the
   mode the user's umask gives a new file (``tempfile`` and safetensors create 0600 files).
 - ``OutputLock``: an exclusive ``flock`` on ``NAME.lock`` naming the holder's pid; the kernel releases it
@@ -44,6 +46,18 @@ def looks_local(spec: str | os.PathLike) -> bool:
         or text.count("/") > 1
         or ("/" in text and os.path.isdir(first))
     )
+
+
+def shipped(*parts: str) -> Path:
+    """A path among the files ual ships: ``shipped("recipes", "tiny.yaml")``.
+
+    A wheel carries them as the package data of ``ual.packaged`` (pyproject.toml maps the checkout's recipes/,
+    accelerate_configs/, models/ and data/ there); a source checkout (editable install) has them at its top."""
+    from importlib.resources import files
+
+    packaged = Path(str(files("ual") / "packaged"))  # pip installs wheels unzipped: a real folder
+    root = packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent
+    return root.joinpath(*parts)
 
 
 def read_json(path: str | os.PathLike, where: str | None = None):

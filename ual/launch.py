@@ -19,11 +19,12 @@ from pathlib import Path
 import yaml
 
 from .errors import UsageError, debug_requested, report
+from .files import shipped
 from .processes import run_launcher
 from .recipe import load_recipe, split_argv
 
-# accelerate_configs/ of a source checkout (editable install); a config path works from anywhere.
-CONFIG_DIRS = (Path(__file__).resolve().parent.parent / "accelerate_configs", Path.cwd() / "accelerate_configs")
+# The shipped accelerate_configs/ (wheel or checkout), then one in the current folder; a path works from anywhere.
+CONFIG_DIRS = (shipped("accelerate_configs"), Path.cwd() / "accelerate_configs")
 # Flags of `ual train` that belong to `accelerate launch` (recipe keys first, then accelerate's multi-node flags).
 LAUNCH_FLAGS = ("accelerate_config", "num_processes", "num_machines", "machine_rank", "main_process_ip",
                 "main_process_port")
@@ -84,6 +85,25 @@ def resolve_config(name: str) -> Path:
                      f"TRL's: {', '.join(trl) or 'none found'}; or a path to a config file")
 
 
+def _shown(path: Path) -> str:
+    """A path as the printed command gives it: relative when it lies under the current folder."""
+    return os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd()) else str(path)
+
+
+def deepspeed_json(config: dict, config_path: Path) -> Path | None:
+    """The DeepSpeed JSON an accelerate config names (``deepspeed_config.deepspeed_config_file``), relative to the
+    config file, so a shipped or copied config works from any folder; else relative to the current folder (what
+    accelerate itself does). None when the config names none."""
+    name = (config.get("deepspeed_config") or {}).get("deepspeed_config_file")
+    if not name:
+        return None
+    for candidate in (config_path.parent / Path(name).expanduser(), Path(name).expanduser()):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise UsageError(f"{config_path}: deepspeed_config_file {name} exists neither next to the config "
+                     f"({config_path.parent}) nor in the current folder ({Path.cwd()})")
+
+
 def check_devices(config: dict, num_processes: int) -> None:
     """A single-machine GPU config cannot start more processes than there are GPUs."""
     if config.get("use_cpu") or config.get("num_machines", 1) != 1:
@@ -111,8 +131,10 @@ def build_command(argv: list[str]) -> tuple[list[str], dict | None, int | None]:
     if "accelerate_config" in launcher:
         path = resolve_config(str(launcher["accelerate_config"]))
         config = yaml.safe_load(path.read_text()) or {}
-        shown = os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd()) else str(path)
-        cmd += ["--config_file", shown]
+        cmd += ["--config_file", _shown(path)]
+        json_file = deepspeed_json(config, path)
+        if json_file is not None:  # accelerate would read the config's own entry relative to the current folder
+            cmd += ["--deepspeed_config_file", _shown(json_file)]
     num_processes = launcher.get("num_processes")
     if num_processes is not None:
         try:

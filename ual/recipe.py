@@ -8,6 +8,11 @@ so a baseline or a variant is written once and shared by every scenario (no copy
 may also name its parent with ``base: other.yaml`` (relative to itself). ``accelerate_config`` and
 ``num_processes`` are read by ``ual train`` to build the ``accelerate launch`` command and are not
 training arguments. ``output_dir`` defaults to ``outputs/<stem>+<stem>...`` (see ``load_recipe``).
+
+A recipe is a path or the name of a shipped recipe (``tiny``, ``mixed``, ``baselines/sft``: ``ual.files.shipped``),
+so an installed wheel runs ``ual train tiny`` from any folder. Relative paths in a recipe are relative to the current
+folder, as in TRL; in a shipped recipe, one that does not exist there names the shipped file (the tiny model, the
+sample data, the chat templates) when ual ships it.
 """
 
 from __future__ import annotations
@@ -18,8 +23,43 @@ from pathlib import Path
 import yaml
 
 from .errors import UsageError
+from .files import shipped
 
 LAUNCHER_KEYS = ("accelerate_config", "num_processes")
+PATH_KEYS = ("model_name_or_path", "chat_template_path", "accelerate_config", "dataset_name")
+
+
+def find_recipe(spec: str | Path) -> Path:
+    """A recipe file, or the shipped recipe of that name (``tiny``, ``baselines/sft``, ``recipes/tiny.yaml``)."""
+    path = Path(spec).expanduser()
+    if path.is_file() or path.is_absolute():
+        return path
+    name = str(spec) if str(spec).endswith((".yaml", ".yml")) else f"{spec}.yaml"
+    recipes = shipped("recipes")
+    for candidate in (recipes / name, recipes.parent / name):
+        if candidate.is_file() and candidate.resolve().is_relative_to(recipes.resolve()):
+            return candidate
+    known = sorted(str(p.relative_to(recipes).with_suffix("")) for p in recipes.rglob("*.yaml")
+                   if not p.name.startswith("_"))
+    raise UsageError(f"recipe {spec} does not exist here ({Path.cwd()}), and ual ships no recipe of that name; "
+                     f"shipped: {', '.join(known)}")
+
+
+def _shipped_path(value):
+    """A relative path of a shipped recipe: as given when it exists here, else the shipped file if ual ships it."""
+    if not isinstance(value, str) or Path(value).is_absolute() or Path(value).expanduser().exists():
+        return value
+    candidate = shipped(value)
+    return str(candidate) if candidate.exists() else value
+
+
+def _resolve_shipped_paths(data: dict) -> dict:
+    out = {key: _shipped_path(value) if key in PATH_KEYS else value for key, value in data.items()}
+    for key in ("datasets", "eval_datasets"):
+        if isinstance(out.get(key), list):
+            out[key] = [{**entry, "path": _shipped_path(entry.get("path"))} if isinstance(entry, dict) else entry
+                        for entry in out[key]]
+    return out
 
 
 def _read(path: Path, chain: tuple[Path, ...]) -> list[tuple[Path, dict]]:
@@ -72,8 +112,11 @@ def load_recipe(paths: list[str | Path]) -> Recipe:
     config: dict = {}
     origins: dict[str, Path] = {}
     output_set_by = None  # index of the last command-line file whose stack sets output_dir
+    recipes = shipped("recipes").resolve()
     for index, path in enumerate(paths):
-        for file, data in _read(Path(path), ()):
+        for file, data in _read(find_recipe(path), ()):
+            if file.is_relative_to(recipes):
+                data = _resolve_shipped_paths(data)
             config = _merge(config, data)
             origins.update({key: file for key in data})
             if "output_dir" in data:
@@ -88,13 +131,13 @@ def load_recipe(paths: list[str | Path]) -> Recipe:
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Leading recipe files (``*.yaml``/``*.yml``, or after ``--config``) and the remaining ``--key value`` flags."""
+    """Leading recipes (files or shipped names, or after ``--config``) and the remaining ``--key value`` flags."""
     recipes, rest = [], list(argv)
     while rest:
         if rest[0] == "--config" and len(rest) > 1:
             recipes.append(rest[1])
             rest = rest[2:]
-        elif not rest[0].startswith("-") and rest[0].endswith((".yaml", ".yml")):
+        elif not rest[0].startswith("-"):  # a recipe file or a shipped recipe's name
             recipes.append(rest.pop(0))
         else:
             break

@@ -163,17 +163,18 @@ def short_help() -> str:
     launch = " ".join(f"--{k}" for k in LAUNCH_FLAGS)
     return f"""usage: ual train RECIPE.yaml [OVERLAY.yaml ...] [--key value ...] [--dry-run]
 
-  RECIPE.yaml        a scenario recipe (recipes/*.yaml): model, data (`datasets:`), smoothing and training keys
-  OVERLAY.yaml       merged left to right after it, later keys win: a baseline (recipes/baselines/sft.yaml,
-                     ls.yaml) and/or a variant (recipes/variants/qlora.yaml, authors_code.yaml, ...)
+  RECIPE.yaml        a scenario recipe: model, data (`datasets:`), smoothing and training keys; a file, or the
+                     name of a recipe ual ships (tiny, mixed, high_entropy, low_entropy), from any folder
+  OVERLAY.yaml       merged left to right after it, later keys win: a baseline (baselines/sft, baselines/ls)
+                     and/or a variant (variants/qlora, variants/authors_code, ...), files or shipped names
   --key value        overrides any key of the files (--learning_rate 1e-4 --output_dir outputs/try)
   --dry-run          print the `accelerate launch` command and check the recipe, model, output folder and data
                      paths, reading only; nothing is launched
 
 launch (to `accelerate launch`, from the recipe or as flags):
   {launch}
-  accelerate_config: a file of accelerate_configs/, one of TRL's names (zero1 zero2 zero3 fsdp1 fsdp2 multi_gpu
-  single_gpu), or a path
+  accelerate_config: a shipped config's name (multi_gpu, deepspeed_zero3, fsdp2, ...), one of TRL's names (zero1
+  zero2 zero3 fsdp1 fsdp2 multi_gpu single_gpu), or a path; its DeepSpeed JSON is read relative to it
 
 smoothing keys (UALConfig; every SFTConfig and ModelConfig key works too):
 {keys}

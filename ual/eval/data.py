@@ -7,10 +7,9 @@ import hashlib
 from pathlib import Path
 
 from ual.errors import UsageError
-from ual.files import looks_local, read_json
+from ual.files import looks_local, read_json, shipped
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-EVAL_DATA = REPO_ROOT / "data" / "eval"
+EVAL_DATA = shipped("data", "eval")
 GSM8K_TEST = EVAL_DATA / "gsm8k_test.jsonl"
 GSM8K_FEWSHOT = EVAL_DATA / "gsm8k_fewshot.jsonl"
 ALPACA_EVAL = EVAL_DATA / "alpaca_eval.json"
