@@ -34,8 +34,11 @@ def test_the_mapping_and_mean_eps_reach_tensorboard_once_at_the_start(tmp_path, 
 
     out, logs = tmp_path / "run", tmp_path / "tb"
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(logs))  # transformers 5: where TensorBoardCallback writes
-    main([str(REPO / "recipes/tiny.yaml"), "--output_dir", str(out), "--max_steps", "2", "--logging_steps", "1",
-          "--report_to", "tensorboard", "--model_name_or_path", str(REPO / "models/tiny-llama")])
+    trainer = main([str(REPO / "recipes/tiny.yaml"), "--output_dir", str(out), "--max_steps", "2", "--logging_steps",
+                    "1", "--report_to", "tensorboard", "--model_name_or_path", str(REPO / "models/tiny-llama")])
+    # trackers only: the trainer's own log history is SFTTrainer's, its first entry the first logged step
+    assert trainer.state.log_history[0]["step"] == 1 and "loss" in trainer.state.log_history[0]
+    assert not any(k.startswith("ual/") for entry in trainer.state.log_history for k in entry)
     saved = json.loads((out / "ual_smoothing.json").read_text())
     events = [p for p in logs.rglob("events.out.tfevents.*")]
     assert events, "TensorBoard wrote no event file"

@@ -179,7 +179,8 @@ def add_smoothed_lm_head(model, convention: str, chunk_size: int | None, compile
 class _LogSmoothingOnce(TrainerCallback):
     """At the start of training, the fitted mapping and the mean eps (overall, per source, applied) go to every
     tracker of ``report_to`` as ``ual/...`` values, so runs can be compared there; the settings travel in the
-    arguments every tracker records."""
+    arguments every tracker records. They are handed to the trackers' ``on_log`` directly, not through
+    ``Trainer.log``: ``state.log_history`` stays SFTTrainer's (tools and TRL's tests read its first entry)."""
 
     def __init__(self, trainer: "UALTrainer"):
         self.trainer = trainer
@@ -187,7 +188,8 @@ class _LogSmoothingOnce(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         values = self.trainer.smoothing_summary()
         if values:
-            self.trainer.log(values)
+            handler = self.trainer.callback_handler
+            handler.on_log(args, state, control, logs=values)
 
 
 def _as_ual_config(args):
