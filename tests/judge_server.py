@@ -11,6 +11,13 @@ what happens, from the key and how many times that key was asked (``n``, 1-based
 
 Without a script (or when it returns None) the answer is ``default_reply(key)``. The server
 records every request (time, key, n, messages, Authorization) and the peak number in flight.
+
+It also serves the Batch API (``POST /v1/files``, ``POST /v1/batches``, ``GET /v1/batches/ID``,
+``GET /v1/files/ID/content``): each line of a batch's input file is answered by the same script when the
+batch finishes, which is after ``batch_polls`` status checks. ``batch_end`` picks how it ends:
+``completed``; ``expired``, after running only the first ``batch_runs`` lines; or ``failed`` (validation,
+nothing run). A scripted ``status(...)`` becomes that line's entry in the batch's error file; ``stall``
+and ``drop`` have no batch meaning.
 """
 
 from __future__ import annotations
@@ -73,6 +80,21 @@ def expected_score(key: str) -> int:
     return int(re.sub(r"\D", "", key)) % 100
 
 
+def completion(content: str, body: dict) -> dict:
+    """A chat.completion answering ``body`` with ``content`` (token counts: words)."""
+    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+    completion_tokens = len(content.split())
+    return {
+        "id": f"chatcmpl-{abs(hash(content)):x}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "judge"),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
 class JudgeServer:
     """Start with ``with JudgeServer(script) as server:``; ``server.url`` is the OpenAI base URL."""
 
@@ -87,6 +109,10 @@ class JudgeServer:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
+        self.batch_polls, self.batch_end, self.batch_runs = 1, "completed", None
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.batch_requests: list[str] = []  # every files/batches call, e.g. "create batch_1", "retrieve batch_1"
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> "JudgeServer":
@@ -148,6 +174,77 @@ class JudgeServer:
         action = self.script(request) if self.script else None
         return action or reply(default_reply(request.key))
 
+    # --- the Batch API -----------------------------------------------------------------------
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}_{len(self.files) + len(self.batches) + 1}"
+
+    def upload(self, filename: str, content: bytes, purpose: str) -> dict:
+        with self._lock:
+            file_id = self._new_id("file")
+            self.files[file_id] = content
+            self.batch_requests.append(f"upload {file_id}")
+        return {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                "filename": filename, "purpose": purpose, "status": "processed"}
+
+    def create_batch(self, body: dict) -> dict:
+        with self._lock:
+            batch_id = self._new_id("batch")
+            lines = [json.loads(line) for line in self.files[body["input_file_id"]].decode().splitlines() if line]
+            self.batches[batch_id] = {"id": batch_id, "object": "batch", "endpoint": body["endpoint"],
+                                      "input_file_id": body["input_file_id"], "status": "validating",
+                                      "completion_window": body["completion_window"], "created_at": int(time.time()),
+                                      "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+                                      "_lines": lines, "_polls": 0}
+            self.batch_requests.append(f"create {batch_id}")
+        return self._public(batch_id)
+
+    def retrieve_batch(self, batch_id: str) -> dict:
+        with self._lock:
+            self.batch_requests.append(f"retrieve {batch_id}")
+            batch = self.batches[batch_id]
+            batch["_polls"] += 1
+            if batch["status"] in ("validating", "in_progress"):
+                batch["status"] = "in_progress"
+                if batch["_polls"] >= self.batch_polls:
+                    self._finish(batch)
+        return self._public(batch_id)
+
+    def _finish(self, batch: dict) -> None:
+        if self.batch_end == "failed":
+            batch["status"] = "failed"
+            batch["errors"] = {"object": "list", "data": [{"code": "invalid_request", "message": "scripted failure",
+                                                          "line": 1, "param": None}]}
+            return
+        lines = batch["_lines"] if self.batch_end != "expired" else batch["_lines"][: self.batch_runs or 0]
+        out, err = [], []
+        for line in lines:
+            first = str((line["body"].get("messages") or [{}])[0].get("content", ""))
+            match = self.key_pattern.search(first)
+            key = match.group(0) if match else None
+            self.counts[key] += 1
+            request = Request(time.monotonic(), key, self.counts[key], line["body"], None)
+            self.requests.append(request)
+            action = self._action(request)
+            if action.kind == "status":
+                err.append({"id": f"batch_req_{len(err)}", "custom_id": line["custom_id"],
+                            "response": {"status_code": action.code, "request_id": "r",
+                                         "body": {"error": {"message": f"scripted {action.code}",
+                                                            "type": "server_error"}}}, "error": None})
+            else:
+                out.append({"id": f"batch_req_{len(out)}", "custom_id": line["custom_id"],
+                            "response": {"status_code": 200, "request_id": "r",
+                                         "body": completion(action.content, line["body"])}, "error": None})
+        for name, rows in (("output_file_id", out), ("error_file_id", err)):
+            if rows:
+                file_id = self._new_id("file")
+                self.files[file_id] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                batch[name] = file_id
+        batch["status"] = "completed" if self.batch_end == "completed" else "expired"
+        batch["request_counts"] = {"total": len(batch["_lines"]), "completed": len(out), "failed": len(err)}
+
+    def _public(self, batch_id: str) -> dict:
+        return {k: v for k, v in self.batches[batch_id].items() if not k.startswith("_")}
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -156,9 +253,31 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep test output clean
         pass
 
+    def do_GET(self) -> None:
+        owner, parts = self.owner, self.path.strip("/").split("/")
+        if parts[:2] == ["v1", "batches"] and len(parts) == 3 and parts[2] in owner.batches:
+            self._send(200, owner.retrieve_batch(parts[2]))
+        elif parts[:2] == ["v1", "files"] and len(parts) == 4 and parts[3] == "content" and parts[2] in owner.files:
+            self._send(200, owner.files[parts[2]].decode())
+        else:
+            self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
+        if self.path.rstrip("/") == "/v1/files":
+            from email.parser import BytesParser
+
+            form = BytesParser().parsebytes(b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n"
+                                            + raw)
+            parts = {part.get_param("name", header="content-disposition"): part for part in form.get_payload()}
+            upload = parts["file"]
+            self._send(200, self.owner.upload(upload.get_filename(), upload.get_payload(decode=True),
+                                              parts["purpose"].get_payload(decode=True).decode()))
+            return
+        if self.path.rstrip("/") == "/v1/batches":
+            self._send(200, self.owner.create_batch(json.loads(raw)))
+            return
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
             return
@@ -190,25 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             self._send(action.code, payload, action.headers)
             return
-        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-        completion_tokens = len(action.content.split())
-        self._send(
-            200,
-            {
-                "id": f"chatcmpl-{id(action):x}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model", "judge"),
-                "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": action.content}, "finish_reason": "stop"}
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            },
-        )
+        self._send(200, completion(action.content, body))
 
     def _send(self, code: int, payload, headers: dict | None = None) -> None:
         data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()

@@ -64,6 +64,10 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="reply length limit (openai: not sent unless given, --rubric paper: 4096; hf: default 16 "
                         "new tokens)")
     n = p.add_argument_group("requests (openai judge)")
+    n.add_argument("--batch", action="store_true",
+                   help="send the requests through the OpenAI Batch API (half the price, answers within 24 h): "
+                        "upload, submit, poll, download; an interrupted run resumes its batch (docs/score.md)")
+    n.add_argument("--batch-poll", type=float, default=30.0, help="--batch: seconds between status checks (default: 30)")
     n.add_argument("--concurrency", type=int, default=16, help="requests in flight at most (default: 16)")
     n.add_argument("--rpm", type=float, default=None, help="requests per minute at most (default: no limit)")
     n.add_argument("--timeout", type=float, default=60.0, help="seconds per request before it counts as timed out (default: 60)")
@@ -119,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_args(args) -> None:
+    if args.batch and args.judge != "openai":
+        raise UsageError(f"--batch sends the requests through the OpenAI Batch API; --judge {args.judge} has none")
+    if args.batch_poll <= 0:
+        raise UsageError("--batch-poll must be positive")
     if args.response_format == "json" and args.judge != "openai":
         raise UsageError(f"--response-format json asks an OpenAI-compatible server for structured output; --judge "
                          f"{args.judge} has none")
@@ -282,7 +290,7 @@ def _ask(args, model, method, prompt_version, formats, rows, todo, outcomes, cac
 
     if not todo:
         return
-    ask = _make_asker(args, model, formats, rows)  # a missing key or an unloadable model fails here, before anything
+    ask = _make_asker(args, model, formats, rows, cache_path, answered=set(outcomes))  # a missing key or an unloadable model fails here, before anything
     bar = tqdm(total=len(todo), desc="scoring", unit="sample", file=sys.stderr, disable=args.no_progress,
                mininterval=0.5, dynamic_ncols=True)
     bar.set_postfix(failed=0)
@@ -309,8 +317,10 @@ def _ask(args, model, method, prompt_version, formats, rows, todo, outcomes, cac
         bar.close()
 
 
-def _make_asker(args, model, formats, rows):
+def _make_asker(args, model, formats, rows, cache_path, answered=frozenset()):
     """``ask(samples, on_outcome) -> transient retries`` for the chosen judge, set up and checked."""
+    if args.judge == "openai" and args.batch:
+        return _batch_asker(args, model, _api_key(args), cache_path, answered)
     if args.judge == "openai":
         api_key = _api_key(args)
         return lambda todo, on_outcome: asyncio.run(_ask_openai(args, model, api_key, todo, on_outcome))
@@ -332,14 +342,13 @@ def _make_asker(args, model, formats, rows):
     return lambda todo, on_outcome: runner.run_nll(scorer, todo, messages_of, on_outcome, args.batch_size) or 0
 
 
-async def _ask_openai(args, model, api_key, todo, on_outcome) -> int:
+def _openai_judge(args, model, api_key):
     from ual.score.judge_openai import OpenAIJudge
     from ual.score.pacing import Pacer, RetryPolicy
-    from ual.score.runner import run_async_judge
 
-    judge = OpenAIJudge(
+    return OpenAIJudge(
         model,
-        base_url=args.base_url or os.environ.get("OPENAI_BASE_URL") or None,
+        base_url=_base_url(args),
         api_key=api_key,
         timeout=args.timeout,
         retry=RetryPolicy(args.max_retries, args.backoff_base, args.backoff_max),
@@ -349,6 +358,38 @@ async def _ask_openai(args, model, api_key, todo, on_outcome) -> int:
         max_tokens=args.max_tokens,
         response_format=SCORE_SCHEMA if args.response_format == "json" else None,
     )
+
+
+def _base_url(args) -> str | None:
+    return args.base_url or os.environ.get("OPENAI_BASE_URL") or None
+
+
+def _batch_asker(args, model, api_key, cache_path, answered):
+    """``ask`` for --batch: the same request bodies and parser, through the Batch API (ual.score.batch)."""
+    from ual.score.batch import BatchClient, run_batch_api
+
+    client = BatchClient(_openai_judge(args, model, api_key), api_key, _base_url(args), timeout=args.timeout,
+                         max_retries=args.max_retries, poll_seconds=args.batch_poll)
+    shown = {"last": None}
+
+    def progress(done, total, status):
+        if not args.no_progress and (done, status) != shown["last"]:
+            shown["last"] = (done, status)
+            print(f"batch: {done}/{total} request(s) done ({status})", file=sys.stderr, flush=True)
+
+    def ask(todo, on_outcome):
+        state = Path(str(cache_path) + ".batch.json")  # beside the cache, under its lock
+        run_batch_api(client, todo, on_outcome, state, progress, answered,
+                      say=lambda m: print(f"ual score: {m}", file=sys.stderr))
+        return 0
+
+    return ask
+
+
+async def _ask_openai(args, model, api_key, todo, on_outcome) -> int:
+    from ual.score.runner import run_async_judge
+
+    judge = _openai_judge(args, model, api_key)
     try:
         await run_async_judge(judge, todo, on_outcome, args.concurrency)
     finally:

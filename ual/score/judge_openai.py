@@ -89,18 +89,18 @@ class OpenAIJudge:
     def where(self) -> str:
         return str(self._client.base_url).rstrip("/")
 
+    def request_body(self, messages: list[dict]) -> dict:
+        """The chat-completions body for ``messages``: what a live request and a Batch API line both send."""
+        params = {"model": self.model, "messages": messages}
+        for name in ("temperature", "top_p", "max_tokens", "response_format"):
+            if getattr(self, name) is not None:
+                params[name] = getattr(self, name)
+        return params
+
     async def ask(self, messages: list[dict]) -> Reply:
         import openai
 
-        params = {"model": self.model, "messages": messages}
-        if self.temperature is not None:
-            params["temperature"] = self.temperature
-        if self.top_p is not None:
-            params["top_p"] = self.top_p
-        if self.max_tokens is not None:
-            params["max_tokens"] = self.max_tokens
-        if self.response_format is not None:
-            params["response_format"] = self.response_format
+        params = self.request_body(messages)
         attempt = 0
         while True:
             await self.pacer.wait_turn()
@@ -154,6 +154,12 @@ class OpenAIJudge:
         choices = getattr(response, "choices", None) or []
         content = choices[0].message.content if choices and choices[0].message is not None else None
         return Reply(text=self.redact(content or ""), usage=usage_dict(getattr(response, "usage", None)))
+
+    def reply_from_body(self, body: dict) -> Reply:
+        """A ``Reply`` from a chat.completion as JSON (a Batch API output line's ``response.body``)."""
+        from openai.types.chat import ChatCompletion
+
+        return self._reply(ChatCompletion.model_validate(body))
 
     async def aclose(self) -> None:
         await self._client.close()
