@@ -215,6 +215,17 @@ def test_concurrency_limit_is_respected(tmp_path, server, concurrency):
     assert s.max_in_flight == concurrency
 
 
+@pytest.mark.parametrize("concurrency", [8, 250])
+def test_connections_are_kept_alive_one_per_concurrent_request(tmp_path, server, concurrency):
+    # Past 100 in flight, the openai SDK's default pool (100 kept alive) closed and reopened connections as it
+    # drained: at 200-300 it opened 15-100% more than needed. Each TCP connect costs the client (and a TLS
+    # handshake, against a real provider) more than a request on an open connection.
+    s = server(delay=0.2)
+    rc, _ = score(tmp_path, s.url, qrows(4 * concurrency), "--concurrency", str(concurrency), "--timeout", "60")
+    assert rc == 0 and len(s.requests) == 4 * concurrency
+    assert s.connections <= concurrency, f"{s.connections} TCP connections for {concurrency} concurrent requests"
+
+
 def test_rpm_limit_spaces_requests(tmp_path, server):
     s = server()
     rc, _ = score(tmp_path, s.url, qrows(5), "--rpm", "600")  # one request per 0.1 s

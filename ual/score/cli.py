@@ -357,6 +357,7 @@ def _openai_judge(args, model, api_key):
         top_p=args.top_p,
         max_tokens=args.max_tokens,
         response_format=SCORE_SCHEMA if args.response_format == "json" else None,
+        concurrency=args.concurrency,
     )
 
 
