@@ -27,6 +27,17 @@ def test_keys_of_other_tools_say_what_they_mean_here(tmp_path, capsys, extra, me
     assert message in line
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--torch_dtype", "bfloat16"], "the command line: unknown key 'torch_dtype': use 'dtype'"),
+    (["--torch_dtype=bfloat16"], "the command line: unknown key 'torch_dtype': use 'dtype'"),
+    (["--smoothing_means", "0.1"], "the command line: unknown key 'smoothing_means'; did you mean 'smoothing_mean'"),
+])
+def test_flags_of_other_tools_get_the_answer_their_recipe_key_gets(tmp_path, capsys, flags, message):
+    data = write_jsonl(tmp_path / "g.jsonl", gsm())
+    line = fails_cleanly(tmp_path, capsys, [recipe(tmp_path, [{"path": str(data)}]), *flags])
+    assert message in line
+
+
 def test_handbook_weight_is_explained_against_fraction(tmp_path, capsys):
     data = write_jsonl(tmp_path / "g.jsonl", gsm())
     line = fails_cleanly(tmp_path, capsys, [recipe(tmp_path, [{"path": str(data), "weight": 0.5}])])

@@ -101,18 +101,26 @@ FOREIGN_KEYS = {
 }
 
 
+def known_keys(parser: TrlParser) -> set[str]:
+    return {action.dest for action in parser._actions} | {"env"}
+
+
+def unknown_key(key: str, known: set[str], where: str) -> UsageError:
+    """The error for a key no config has: a key of another tool says what it is called here and how its meaning
+    differs; any other names the nearest known keys (TRL's own error names neither, nor where the key was)."""
+    if key in FOREIGN_KEYS:
+        return UsageError(f"{where}: unknown key {key!r}: {FOREIGN_KEYS[key]}")
+    near = difflib.get_close_matches(key, known, n=2)
+    return UsageError(f"{where}: unknown key {key!r}" + (f"; did you mean {' or '.join(map(repr, near))}?" if near
+                                                         else "; `python -m ual.train --help-all` lists every key"))
+
+
 def check_recipe_keys(recipe: Recipe, parser: TrlParser) -> None:
-    """An unknown key names the file it is in and the nearest known keys (TRL's own error names neither); a key
-    of another tool says what it is called here and how its meaning differs."""
-    known = {action.dest for action in parser._actions} | {"env"}
+    """Every key of the merged recipe is one a config knows; the error names the file it is in."""
+    known = known_keys(parser)
     for key in recipe.config:
-        if key in FOREIGN_KEYS and key not in known:
-            raise UsageError(f"{recipe.origins.get(key, 'the recipe')}: unknown key {key!r}: {FOREIGN_KEYS[key]}")
         if key not in known:
-            near = difflib.get_close_matches(key, known, n=2)
-            where = recipe.origins.get(key, "the recipe")
-            raise UsageError(f"{where}: unknown key {key!r}" + (f"; did you mean {' or '.join(map(repr, near))}?"
-                                                               if near else "; `python -m ual.train --help-all` lists every key"))
+            raise unknown_key(key, known, recipe.origins.get(key, "the recipe"))
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[UALConfig, ModelConfig, UALDataArguments]:
@@ -140,6 +148,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[UALConfig, ModelConfig, U
         raise UsageError(str(exc)) from None
     finally:
         os.unlink(merged.name)
+    for flag in unknown:  # a flag on the command line gets the same answer as the key in a recipe
+        if flag.startswith("--"):
+            raise unknown_key(flag[2:].split("=", 1)[0], known_keys(parser), "the command line")
     if unknown:
         raise UsageError(f"unknown argument(s) {' '.join(unknown)} (`python -m ual.train --help-all` lists every key)")
     return tuple(parsed)
