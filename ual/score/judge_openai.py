@@ -114,7 +114,7 @@ class OpenAIJudge:
             retry_after = None
             try:
                 # The body as built, posted as is: chat.completions.create would first run the SDK's TypedDict
-                # transform over it, ~15% of the client's CPU per request for a body that has nothing to transform
+                # transform over it: 0.5 of ~2.5 ms of client CPU per request, for a body it leaves unchanged
                 response = await self._client.post("/chat/completions", body=params, cast_to=ChatCompletion)
             except openai.APITimeoutError as exc:
                 error, fatal_when_exhausted = f"timed out ({self._describe(exc)})", False
